@@ -1,0 +1,28 @@
+"""The `daydream` command: the user's door to plan, run and read experiments."""
+
+import typer
+
+from daydream.fake_llm import fake_llm
+from daydream.plan_cmd import plan
+from daydream.publish_cmd import publish, rerun
+from daydream.results_cmd import check, rebuild, results, status
+from daydream.run_cmd import down, run, up
+from daydream.score_cmd import score
+
+app = typer.Typer(
+    help="DayDream: combinatorial LLM experiments — concepts -> prompts -> writers -> judges -> scores.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.command("plan")(plan)
+app.command("run")(run)
+app.command("publish")(publish)
+app.command("status")(status)
+app.command("results")(results)
+app.command("rerun")(rerun)
+app.command("rebuild")(rebuild)
+app.command("check")(check)
+app.command("score")(score)
+app.command("up")(up)
+app.command("down")(down)
+app.command("fake-llm")(fake_llm)

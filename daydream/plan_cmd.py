@@ -1,0 +1,99 @@
+"""`daydream plan`: the dry run. Validates the inputs, writes the task tables, prints what a run
+would cost in LLM calls — without touching the bus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from daydream import options
+from services.combiner.planning import ComboIdCollision, append_combo_mappings, plan_experiment, write_task_tables
+from shared.events import STAGES, ExperimentPlanned
+from shared.inputs import InputErrors, LoadedExperiment, load_experiment
+from shared.tasks import planned_evaluations
+
+INPUT_ERROR_EXIT_CODE = 2
+PLAN_EXPERIMENT_ID = "plan"
+
+
+def load_or_exit(raw_dir: Path, **options) -> LoadedExperiment:
+    """`load_experiment`, but a user-facing failure: every problem printed, exit code 2."""
+    try:
+        return load_experiment(raw_dir, **options)
+    except InputErrors as errors:
+        print_problems(errors)
+        raise typer.Exit(INPUT_ERROR_EXIT_CODE) from errors
+
+
+def print_problems(errors: InputErrors) -> None:
+    console = Console(stderr=True, soft_wrap=True)
+    console.print(
+        Text(f"{len(errors.problems)} problem(s) with the experiment inputs in {errors.raw_dir}:", style="bold red")
+    )
+    for problem in errors.problems:
+        line = Text("  - ")
+        line.append(problem.location, style="bold")
+        line.append(f": {problem.message}. ")
+        line.append(f"Fix: {problem.fix}.", style="green")
+        console.print(line)
+    console.print("Nothing was written.")
+
+
+def write_plan(data: Path, loaded: LoadedExperiment) -> tuple[ExperimentPlanned, int]:
+    """The task tables and the combo registry, as `plan` and `publish` both leave them."""
+    spec = loaded.spec
+    planned, generations = plan_experiment(spec)
+    evaluations = [evaluation for generation in generations for evaluation in planned_evaluations(generation)]
+    try:
+        added = append_combo_mappings(data / "combo_mappings.csv", planned.combos, spec.description_level, spec.k_max)
+    except ComboIdCollision as collision:
+        Console(stderr=True, soft_wrap=True).print(Text(str(collision), style="bold red"))
+        raise typer.Exit(INPUT_ERROR_EXIT_CODE) from collision
+    write_task_tables(data / "2_tasks", planned, generations, evaluations)
+    return planned, added
+
+
+def plan(
+    data: Path = options.DATA,
+    k_max: int | None = options.K_MAX,
+    level: str | None = options.LEVEL,
+    replicates: int | None = options.REPLICATES,
+    experiment_id: str = typer.Option(PLAN_EXPERIMENT_ID, "--experiment-id", help="Id the dry run plans under."),
+) -> None:
+    """Validate the inputs and write DIR/2_tasks and DIR/combo_mappings.csv; no LLM is called."""
+    loaded = load_or_exit(data / "1_raw", experiment_id=experiment_id, k_max=k_max, level=level, replicates=replicates)
+    spec = loaded.spec
+    planned, added = write_plan(data, loaded)
+
+    console = Console(soft_wrap=True)
+    console.print(
+        Text(
+            f"Experiment '{spec.name}': {len(planned.combos)} combos of k_max={spec.k_max} from "
+            f"{len(spec.concepts)} active concepts, description level {spec.description_level}, "
+            f"{spec.replicates} replicate(s)",
+            style="bold",
+        )
+    )
+    table = Table(title="Planned LLM calls by tier")
+    table.add_column("stage")
+    table.add_column("tier")
+    table.add_column("tasks", justify="right")
+    for stage in STAGES:
+        for tier, count in sorted(planned.tasks_by_tier.get(stage, {}).items()):
+            table.add_row(stage, tier, str(count))
+    console.print(table)
+    console.print(f"generation tasks: {planned.generation_tasks}")
+    console.print(f"evaluation tasks: {planned.evaluation_tasks}")
+    console.print(f"total LLM calls: {planned.generation_tasks + planned.evaluation_tasks}")
+    for fallback in loaded.fallbacks:
+        console.print(
+            Text(
+                f"description fallback: {fallback.concept_id} uses {fallback.used} (asked for {fallback.requested})",
+                style="yellow",
+            )
+        )
+    console.print(f"wrote {data / '2_tasks'}; {added} new combo(s) in {data / 'combo_mappings.csv'}")

@@ -1,0 +1,43 @@
+"""combiner: expands a requested experiment into its plan and one task per generation."""
+
+from faststream.nats import NatsMessage
+
+from services.combiner.planning import plan_experiment
+from shared.events import (
+    EXPERIMENT_PLANNED,
+    ExperimentRequested,
+    TaskFailed,
+    message_id,
+    task_subject,
+)
+from shared.service import decode, give_up, jetstream, make_app, make_broker, publish, publish_all, subscribe
+from shared.settings import get_settings
+from shared.topology import COMBINER_CONSUMER, ensure_service_topology, find_reader
+
+settings = get_settings()
+broker = make_broker(settings)
+
+
+async def plan(msg: NatsMessage) -> None:
+    requested = await decode(broker, msg, ExperimentRequested, stage="planning")
+    spec = requested.spec
+    try:
+        planned, tasks = plan_experiment(spec)
+    except ValueError as error:
+        failure = TaskFailed(stage="planning", experiment_id=spec.experiment_id, task_id="plan",
+                             reason="invalid_experiment", message=str(error), attempts=1)
+        await give_up(broker, failure)
+    await publish(broker, EXPERIMENT_PLANNED, planned, message_id("planned", spec.experiment_id))
+    await publish_all(
+        broker,
+        [(task_subject("generation", t.tier.tier), t, message_id("gen", t.experiment_id, t.task_id)) for t in tasks],
+        heartbeat=msg.in_progress,
+    )
+
+
+async def startup() -> None:
+    await ensure_service_topology(await jetstream(broker), settings, readers=[COMBINER_CONSUMER])
+    subscribe(broker, find_reader(settings, COMBINER_CONSUMER), plan)
+
+
+app = make_app(broker, on_startup=[startup])

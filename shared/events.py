@@ -1,0 +1,245 @@
+"""Message contracts between services, and the subjects they travel on.
+
+Every message is self-contained: a worker never needs a file or a database to act on it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+
+Stage = Literal["generation", "evaluation"]
+STAGES: tuple[Stage, ...] = ("generation", "evaluation")
+
+
+SAFE_ID_REGEX = r"^[A-Za-z0-9_-]+$"
+SafeId = Annotated[str, StringConstraints(pattern=SAFE_ID_REGEX)]
+"""Ids become file names and subject tokens: a message carrying `../x` is refused as malformed."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(Contract):
+    schema_version: int = SCHEMA_VERSION
+    emitted_at: datetime = Field(default_factory=utcnow)
+
+
+# ---- the selection an experiment runs on ---------------------------------------------------
+
+
+class ConceptSpec(Contract):
+    concept_id: SafeId
+    name: str
+    content: str
+    description_level: str
+    """The level whose text `content` holds; differs from the requested one after a fallback."""
+
+
+class TemplateSpec(Contract):
+    template_id: SafeId
+    template_name: str
+    text: str
+
+
+class EvaluationTemplateSpec(TemplateSpec):
+    parser: str
+    max_score: int
+
+
+class ModelSpec(Contract):
+    id: SafeId
+    model: str
+    provider: str
+    tier: SafeId
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+class TierSpec(Contract):
+    tier: SafeId
+    max_concurrent: int
+    requests_per_minute: float | None = None
+
+
+DEFAULT_TIERS = (
+    TierSpec(tier="free", max_concurrent=1, requests_per_minute=20),
+    TierSpec(tier="paid", max_concurrent=5, requests_per_minute=None),
+)
+"""What a tier gets when tiers.csv does not name it; also the consumers a worker declares on an empty server."""
+
+
+class ExperimentSpec(Contract):
+    """The resolved, validated selection: what `publish` snapshots and the combiner expands."""
+
+    experiment_id: SafeId
+    name: str
+    k_max: int
+    description_level: str
+    replicates: int = 1
+    fresh: bool = False
+    evaluate_truncated: bool = True
+    seed: int | None = None
+    concepts: list[ConceptSpec]
+    generation_templates: list[TemplateSpec]
+    evaluation_templates: list[EvaluationTemplateSpec]
+    generation_models: list[ModelSpec]
+    evaluation_models: list[ModelSpec]
+    tiers: list[TierSpec]
+
+
+class EvaluationPlan(Contract):
+    """Rides along with each generation so the evaluator can fan out without any state."""
+
+    templates: list[EvaluationTemplateSpec]
+    models: list[ModelSpec]
+    tiers: list[TierSpec]
+    evaluate_truncated: bool = True
+
+
+class CallParameters(Contract):
+    temperature: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+
+
+# ---- events ------------------------------------------------------------------------------
+
+
+class ExperimentRequested(Event):
+    spec: ExperimentSpec
+
+
+class ComboPlanned(Contract):
+    combo_id: SafeId
+    concept_ids: list[str]
+
+
+class ExperimentPlanned(Event):
+    experiment_id: SafeId
+    name: str
+    k_max: int
+    description_level: str
+    replicates: int
+    combos: list[ComboPlanned]
+    generation_tasks: int
+    evaluation_tasks: int
+    tasks_by_tier: dict[str, dict[str, int]]
+    """stage -> tier -> planned task count."""
+
+
+class TaskCreated(Event):
+    """One LLM call to make. Generation and evaluation tasks share the shape; evaluation fields
+    are set only for evaluation tasks."""
+
+    stage: Stage
+    experiment_id: SafeId
+    task_id: SafeId
+    tier: TierSpec
+    model: ModelSpec
+    parameters: CallParameters
+    prompt: str
+    replicate: int = 1
+    fresh: bool = False
+    combo_id: SafeId
+    generation_template_id: SafeId
+    generation_model_id: SafeId
+    generation_task_id: SafeId
+    evaluation_plan: EvaluationPlan | None = None
+    evaluation_template_id: SafeId | None = None
+    evaluation_model_id: SafeId | None = None
+    parser: str | None = None
+    max_score: int | None = None
+    generation_truncated: bool = False
+
+
+class CallRecord(Contract):
+    """What one LLM call returned, kept with every result."""
+
+    text: str
+    finish_reason: str | None = None
+    native_finish_reason: str | None = None
+    truncated: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = None
+    latency_s: float = 0.0
+    provider: str | None = None
+    response_id: str | None = None
+    resolved_model: str | None = None
+    attempt: int = 1
+    cached: bool = False
+    request_hash: str
+    started_at: datetime
+    finished_at: datetime
+
+
+class GenerationDone(Event):
+    task: TaskCreated
+    call: CallRecord
+
+
+class EvaluationDone(Event):
+    task: TaskCreated
+    call: CallRecord
+
+
+class EvaluationScored(Event):
+    task: TaskCreated
+    parser: str
+    score: float | None
+    parse_error: str | None = None
+    candidates: list[float] = Field(default_factory=list)
+    lines_examined: list[str] = Field(default_factory=list)
+
+
+class TaskFailed(Event):
+    stage: str
+    experiment_id: SafeId
+    task_id: SafeId
+    reason: str
+    """A reason class: rate_limited, server_error, timeout, auth, bad_request, poison_message, …"""
+    message: str
+    attempts: int
+    tier: SafeId | None = None
+    model_id: SafeId | None = None
+    task: TaskCreated | None = None
+
+
+# ---- subjects ----------------------------------------------------------------------------
+
+TASK_CREATED_PREFIX = "dd.task.created."
+EXPERIMENT_REQUESTED = "dd.experiment.requested"
+EXPERIMENT_PLANNED = "dd.experiment.planned"
+GENERATION_DONE = "dd.generation.done"
+EVALUATION_DONE = "dd.evaluation.done"
+EVALUATION_SCORED = "dd.evaluation.scored"
+TASK_FAILED = "dd.task.failed"
+TASK_CREATED_WILDCARD = TASK_CREATED_PREFIX + ">"
+EVENT_SUBJECTS = (
+    EXPERIMENT_REQUESTED,
+    EXPERIMENT_PLANNED,
+    GENERATION_DONE,
+    EVALUATION_DONE,
+    EVALUATION_SCORED,
+    TASK_FAILED,
+)
+
+
+def task_subject(stage: Stage, tier: str) -> str:
+    return f"{TASK_CREATED_PREFIX}{stage}.{tier}"
+
+
+def message_id(kind: str, experiment_id: str, task_id: str = "") -> str:
+    """Deterministic `Nats-Msg-Id`: the server drops a republished copy inside its window."""
+    return f"{kind}:{experiment_id}:{task_id}" if task_id else f"{kind}:{experiment_id}"

@@ -1,0 +1,44 @@
+"""Writing text files that readers and crashes never see half-done, and the CSV text they hold."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: Path, content: str) -> None:
+    """Readers see the old file or the new one, never half of one; fsync so a crash after the
+    rename cannot leave an empty file under the new name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def csv_text(
+    columns: Sequence[str],
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    header: bool = True,
+    lineterminator: str = "\r\n",
+) -> str:
+    """Rows as CSV text. The line ending is the caller's: each table keeps the bytes it has
+    always had, so files written before and after compare equal."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator=lineterminator)
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,58 @@
+"""One place for configuration: every knob is a `DAYDREAM_*` environment variable (or `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DAYDREAM_", env_file=".env", extra="ignore")
+
+    data: Path = Path("data")
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        validation_alias=AliasChoices("DAYDREAM_NATS_URL", "NATS_URL"),
+    )
+    database_url: str | None = None
+
+    llm_base_url: str = OPENROUTER_BASE_URL
+    llm_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DAYDREAM_LLM_API_KEY", "OPENROUTER_API_KEY"),
+    )
+    llm_timeout_s: float = 180.0
+    max_attempts: int = 6
+    retry_base_delay_s: float = 2.0
+    retry_max_delay_s: float = 120.0
+    evaluate_truncated: bool = True
+
+    ack_wait_s: float = 60.0
+    heartbeat_s: float = 15.0
+    duplicate_window_s: float = 3600.0
+    events_max_age_days: float = 14.0
+    response_store_bucket: str = "dd_responses"
+
+    chaos_exit_after_store: bool = False
+    """Chaos hook for crash tests: the process exits right after a response is stored and before
+    it is published or acked — the worst moment to die."""
+
+    fake_llm_latency_s: float = 0.0
+    """Seconds each simulated call takes when `daydream run` starts the fake LLM (no API key)."""
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    log_level: str = "INFO"
+
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data / 'daydream.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,85 @@
+"""Every broken input set in tests/data/bad_inputs is refused before anything is written, with an
+error that names the file, the line and what to do."""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from daydream.plan_cmd import plan
+from shared.inputs import InputErrors, load_experiment
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"
+BASE_RAW = CORPUS / "_base" / "1_raw"
+CASES = sorted(path.parent.name for path in CORPUS.glob("*/case.toml"))
+
+
+@dataclass(frozen=True)
+class BadCase:
+    data: Path
+    file: str
+    row: int | None
+    expected: list[str]
+
+
+def materialise(name: str, root: Path) -> BadCase:
+    """Copy the valid base into `root`/data/1_raw and apply the case's one defect."""
+    case_dir = CORPUS / name
+    case = tomllib.loads((case_dir / "case.toml").read_text(encoding="utf-8"))
+    raw = root / "data" / "1_raw"
+    shutil.copytree(BASE_RAW, raw)
+    for relative in case.get("delete", []):
+        (raw / relative).unlink()
+    for edit in case.get("replace", []):
+        path = raw / edit["file"]
+        text = path.read_text(encoding="utf-8")
+        assert edit["old"] in text, f"{name}: {edit['old']!r} is not in the base {edit['file']}"
+        path.write_text(text.replace(edit["old"], edit["new"]), encoding="utf-8")
+    for encoding, table in (("utf-8", case.get("write", {})), ("latin-1", case.get("write_latin1", {}))):
+        for relative, content in table.items():
+            (raw / relative).write_bytes(content.encode(encoding))
+    expected = [line for line in (case_dir / "expected.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    return BadCase(data=root / "data", file=case["file"], row=case.get("row"), expected=expected)
+
+
+def run_plan(data: Path):
+    app = typer.Typer()
+    app.command()(plan)
+    return CliRunner().invoke(app, ["--data", str(data)])
+
+
+def test_the_corpus_is_large_enough_and_the_base_is_valid(tmp_path: Path) -> None:
+    assert len(CASES) >= 30
+    shutil.copytree(BASE_RAW, tmp_path / "1_raw")
+    assert load_experiment(tmp_path / "1_raw", experiment_id="base").spec.concepts
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_loading_reports_the_one_defect_where_it_is(name: str, tmp_path: Path) -> None:
+    case = materialise(name, tmp_path)
+    with pytest.raises(InputErrors) as caught:
+        load_experiment(case.data / "1_raw", experiment_id="bad")
+    problems = caught.value.problems
+    assert [(p.file, p.row) for p in problems] == [(case.file, case.row)], str(caught.value)
+    assert problems[0].fix
+    for fragment in case.expected:
+        assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_plan_prints_the_problem_exits_2_and_writes_nothing(name: str, tmp_path: Path) -> None:
+    case = materialise(name, tmp_path)
+    result = run_plan(case.data)
+    assert result.exit_code == 2, result.output
+    location = f"{case.file} line {case.row}" if case.row is not None else case.file
+    assert location in result.output
+    for fragment in case.expected:
+        assert fragment in result.output
+    assert not (case.data / "2_tasks").exists()
+    assert not (case.data / "combo_mappings.csv").exists()
