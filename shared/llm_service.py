@@ -1,0 +1,76 @@
+"""The generator and the evaluator run tasks the same way; only the event they emit differs."""
+
+from __future__ import annotations
+
+from faststream.exceptions import NackMessage
+from faststream.nats import NatsBroker, NatsMessage
+
+from shared import metrics
+from shared.events import (
+    EVALUATION_DONE,
+    GENERATION_DONE,
+    EvaluationDone,
+    GenerationDone,
+    TaskCreated,
+    message_id,
+)
+from shared.lifecycle import BackgroundTasks
+from shared.llm import LLMClient
+from shared.llm_worker import Completed, GaveUp, LLMWorker, RetryLater
+from shared.response_store import ResponseStore
+from shared.service import decode, delivery_attempt, give_up, jetstream, log, publish, subscribe
+from shared.settings import Settings
+from shared.topology import ensure_service_topology
+
+DONE_EVENTS = {
+    "generation": (GENERATION_DONE, GenerationDone, "gen-done"),
+    "evaluation": (EVALUATION_DONE, EvaluationDone, "eval-done"),
+}
+
+
+async def run_task(broker: NatsBroker, worker: LLMWorker, msg: NatsMessage, stage: str) -> None:
+    """Publish the result then ack; nak with a delay to retry; after the last attempt publish
+    `TaskFailed` and terminate. The response is stored before any of this, so a redelivery
+    never pays twice."""
+    task = await decode(broker, msg, TaskCreated, stage=stage)
+    verdict = await worker.run(task, delivery_attempt(msg), heartbeat=msg.in_progress)
+    if isinstance(verdict, Completed):
+        subject, event_type, kind = DONE_EVENTS[task.stage]
+        await publish(broker, subject, event_type(task=task, call=verdict.record),
+                      message_id(kind, task.experiment_id, task.task_id))
+        return
+    if isinstance(verdict, RetryLater):
+        log.warning("%s task %s of %s: %s", stage, task.task_id, task.experiment_id, verdict.reason)
+        raise NackMessage(delay=verdict.delay_s)
+    assert isinstance(verdict, GaveUp)
+    await give_up(broker, verdict.failure)
+
+
+class LLMWorkers:
+    """The per-tier workers of one stage, sized by each live consumer's cap (`max_ack_pending`)."""
+
+    def __init__(self, broker: NatsBroker, settings: Settings, stage: str, readers: tuple[str, ...] = ()) -> None:
+        self.broker, self.settings, self.stage, self.readers = broker, settings, stage, readers
+        self.worker: LLMWorker | None = None
+        self.background = BackgroundTasks()
+
+    async def start(self) -> None:
+        js = await jetstream(self.broker)
+        specs = await ensure_service_topology(js, self.settings, readers=self.readers, stage=self.stage)
+        worker = self.worker = LLMWorker(
+            LLMClient(self.settings.llm_base_url, self.settings.llm_api_key, self.settings.llm_timeout_s),
+            await ResponseStore.open(js, self.settings.response_store_bucket),
+            self.settings,
+        )
+
+        async def handle(msg: NatsMessage) -> None:
+            await run_task(self.broker, worker, msg, self.stage)
+
+        for spec in specs:
+            subscribe(self.broker, spec, handle, max_workers=spec.max_ack_pending)
+        self.background.start(metrics.poll_consumers(js, specs, 5.0))
+
+    async def stop(self) -> None:
+        await self.background.stop()
+        if self.worker:
+            await self.worker.client.aclose()

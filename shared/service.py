@@ -1,0 +1,141 @@
+"""What every service shares: the broker, decoding with poison-message handling, the ASGI app
+that serves `/metrics` and `/health`, and how a service process is run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NoReturn, TypeVar
+
+import uvicorn
+from faststream import AckPolicy
+from faststream.asgi import AsgiFastStream, make_ping_asgi
+from faststream.exceptions import RejectMessage
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from pydantic import BaseModel, ValidationError
+
+from shared import metrics
+from shared.events import TASK_CREATED_PREFIX, TASK_FAILED, TaskFailed, message_id
+from shared.settings import Settings
+from shared.topology import EVENTS_STREAM, TASKS_STREAM, ConsumerSpec
+
+EventT = TypeVar("EventT", bound=BaseModel)
+log = logging.getLogger("daydream")
+
+
+def make_broker(settings: Settings) -> NatsBroker:
+    """Per-message "received/processed" lines go to DEBUG: at INFO they cost more than the work."""
+    return NatsBroker(
+        settings.nats_url,
+        middlewares=[metrics.faststream_prometheus_middleware()],
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        logger=log,
+        log_level=logging.DEBUG,
+    )
+
+
+def subscribe(
+    broker: NatsBroker,
+    spec: ConsumerSpec,
+    handler: Callable[..., Awaitable[None]],
+    *,
+    max_workers: int = 1,
+) -> None:
+    """Bind a handler to a consumer declared by `shared.topology` (never declared by FastStream)."""
+    broker.subscriber(
+        spec.subject,
+        stream=JStream(spec.stream, declare=False),
+        durable=spec.durable,
+        pull_sub=PullSub(batch_size=1, timeout=1.0),
+        max_workers=max_workers,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )(handler)
+
+
+async def decode(broker: NatsBroker, msg: NatsMessage, model: type[EventT], *, stage: str) -> EventT:
+    """Parse a message body, or record it as a failure and terminate it: a malformed payload must
+    never be redelivered forever, nor silently dropped."""
+    try:
+        return model.model_validate_json(msg.body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        problem = f"{model.__name__} expected: {error.error_count()} problem(s), first: {where} {first['msg']}"
+    sequence = msg.raw_message.metadata.sequence.stream if msg.raw_message.metadata else 0
+    task_id = "poison-" + re.sub(r"[^A-Za-z0-9_-]", "-", msg.raw_message.subject) + f"-{sequence}"
+    failure = TaskFailed(
+        stage=stage,
+        experiment_id="unknown",
+        task_id=task_id,
+        reason="poison_message",
+        message=f"malformed message on {msg.raw_message.subject} (stream seq {sequence}): {problem}",
+        attempts=1,
+    )
+    log.error(failure.message)
+    await give_up(broker, failure)
+
+
+async def give_up(broker: NatsBroker, failure: TaskFailed) -> NoReturn:
+    """Record why a message is given up on, then terminate it so JetStream never redelivers it."""
+    await publish(broker, TASK_FAILED, failure, message_id("failed", failure.experiment_id, failure.task_id))
+    metrics.observe_task_failed(failure.stage, failure.reason)
+    raise RejectMessage()
+
+
+async def publish(broker: NatsBroker, subject: str, event: BaseModel, msg_id: str) -> None:
+    """Publish into JetStream and wait for the server's ack; the id makes a repeat a no-op."""
+    await broker.publish(event, subject, headers={"Nats-Msg-Id": msg_id}, stream=_stream_for(subject))
+
+
+def _stream_for(subject: str) -> str:
+    return TASKS_STREAM if subject.startswith(TASK_CREATED_PREFIX) else EVENTS_STREAM
+
+
+def make_app(
+    broker: NatsBroker,
+    *,
+    on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> AsgiFastStream:
+    return AsgiFastStream(
+        broker,
+        asgi_routes=[
+            ("/metrics", metrics.metrics_asgi_app()),
+            ("/health", make_ping_asgi(broker, timeout=5.0)),
+        ],
+        on_startup=list(on_startup),
+        on_shutdown=list(on_shutdown),
+        logger=log,
+    )
+
+
+def serve(app: AsgiFastStream, settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uvicorn.run(app, host=settings.metrics_host, port=settings.metrics_port, log_level="warning", lifespan="on")
+
+
+def delivery_attempt(msg: NatsMessage) -> int:
+    metadata = msg.raw_message.metadata
+    return metadata.num_delivered if metadata else 1
+
+
+async def jetstream(broker: NatsBroker):
+    """Connect the broker early so a service can shape the topology before it subscribes."""
+    await broker.connect()
+    return broker.config.connection_state.stream
+
+
+async def publish_all(
+    broker: NatsBroker,
+    outgoing: Sequence[tuple[str, BaseModel, str]],
+    heartbeat: Callable[[], Awaitable[None]],
+    chunk: int = 200,
+) -> None:
+    """Publish many messages with bounded concurrency, telling JetStream between chunks that the
+    message that caused them is still being worked on."""
+    for start in range(0, len(outgoing), chunk):
+        await asyncio.gather(*(publish(broker, *item) for item in outgoing[start:start + chunk]))
+        await heartbeat()

@@ -1,0 +1,70 @@
+"""Helpers for tests that run the real stack: publish tasks, read events back off the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from shared.events import (
+    CallParameters,
+    ModelSpec,
+    TaskCreated,
+    TierSpec,
+    message_id,
+    task_subject,
+)
+from shared.topology import EVENTS_STREAM
+
+
+def generation_task(experiment_id: str, index: int, model: str, tier: TierSpec, *, prompt: str | None = None,
+                    max_tokens: int | None = None) -> TaskCreated:
+    """A generation task with no evaluation plan: only the generator is exercised."""
+    model_spec = ModelSpec(id=re.sub(r"[^A-Za-z0-9_-]", "_", model), model=model, provider="fake", tier=tier.tier, max_tokens=max_tokens)
+    return TaskCreated(
+        stage="generation", experiment_id=experiment_id, task_id=f"task{index:03d}_{model_spec.id}",
+        tier=tier, model=model_spec, parameters=CallParameters(max_tokens=max_tokens),
+        prompt=prompt or f"Write about idea number {index}.\n- Default Mode Network\n- Data Flywheel",
+        combo_id=f"combo{index}", generation_template_id="essay", generation_model_id=model_spec.id,
+        generation_task_id=f"task{index:03d}_{model_spec.id}",
+    )
+
+
+async def publish_tasks(nats_url: str, tasks: list[TaskCreated]) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await asyncio.gather(*(
+        js.publish(task_subject(t.stage, t.tier.tier), t.model_dump_json().encode(),
+                   headers={"Nats-Msg-Id": message_id("gen", t.experiment_id, t.task_id)})
+        for t in tasks
+    ))
+    await nc.close()
+
+
+async def read_events(nats_url: str, subject: str, until: Callable[[list[dict]], bool], timeout_s: float = 60.0) -> list[dict]:
+    """Every event on `subject` from the start of the stream, until `until(events)` holds."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(subject, stream=EVENTS_STREAM,
+                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30))
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(events):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{subject}: only {len(events)} events after {timeout_s}s")
+            try:
+                batch = await sub.fetch(100, timeout=0.5)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            for msg in batch:
+                events.append(json.loads(msg.data))
+                await msg.ack()
+    finally:
+        await nc.close()
+    return events

@@ -1,0 +1,290 @@
+"""The client against a scripted loopback server that answers exactly what each test tells it to."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from pydantic import SecretStr
+
+from shared.events import CallParameters, ModelSpec
+from shared.llm import ErrorKind, LLMClient, LLMError, chat_messages, error_kind_for_status, request_hash
+
+KEY = "sk-or-v1-unit-test-secret"
+MODEL = ModelSpec(id="writer", model="acme/writer-1", provider="acme", tier="small")
+
+
+@dataclass
+class Script:
+    status: int = 200
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    received: list[dict] = field(default_factory=list)
+
+
+def ok_body(content: str | None = "hello", finish_reason: str = "stop", **extra) -> str:
+    choice = {"message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
+    return json.dumps({"id": "gen-1", "model": "acme/writer-1-2025", "choices": [choice], **extra})
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[tuple[str, Script]]:
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length", 0))
+            script.received.append({"headers": dict(self.headers), "body": json.loads(self.rfile.read(length))})
+            time.sleep(script.delay_s)
+            payload = script.body.encode()
+            self.send_response(script.status)
+            for name, value in script.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class QuietServer(ThreadingHTTPServer):
+        def handle_error(self, request, client_address) -> None:
+            """The timeout test hangs up on purpose; the broken pipe it leaves is expected."""
+
+    server = QuietServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/api/v1", script
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def script(scripted) -> Script:
+    _, script = scripted
+    script.status, script.body, script.headers, script.delay_s = 200, ok_body(), {}, 0.0
+    script.received.clear()
+    return script
+
+
+@pytest.fixture
+async def client(scripted, script) -> AsyncIterator[LLMClient]:
+    base_url, _ = scripted
+    llm = LLMClient(base_url, KEY, timeout_s=2.0)
+    yield llm
+    await llm.aclose()
+
+
+async def call(llm: LLMClient, parameters: CallParameters | None = None):
+    return await llm.complete(MODEL, "Write.", parameters or CallParameters(), attempt=1, request_hash="h")
+
+
+async def failure(llm: LLMClient) -> LLMError:
+    with pytest.raises(LLMError) as caught:
+        await call(llm)
+    return caught.value
+
+
+# ---- request hash ------------------------------------------------------------------------
+
+
+def hash_of(**changes) -> str:
+    arguments = {
+        "base_url": "https://openrouter.ai/api/v1",
+        "model": "acme/writer-1",
+        "messages": chat_messages("Write."),
+        "parameters": CallParameters(temperature=0.7, max_tokens=100),
+        "replicate": 1,
+    } | changes
+    return request_hash(**arguments)
+
+
+def test_request_hash_is_a_stable_sha256_of_the_request():
+    assert hash_of() == hash_of()
+    assert len(hash_of()) == 64 and int(hash_of(), 16) >= 0
+    assert hash_of(base_url="https://openrouter.ai/api/v1/") == hash_of()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"base_url": "http://127.0.0.1:8999/v1"},
+        {"model": "acme/writer-2"},
+        {"messages": chat_messages("Write more.")},
+        {"parameters": CallParameters(temperature=0.8, max_tokens=100)},
+        {"parameters": CallParameters(temperature=0.7, max_tokens=100, seed=1)},
+        {"replicate": 2},
+    ],
+)
+def test_request_hash_changes_with_anything_that_changes_the_answer(change):
+    assert hash_of(**change) != hash_of()
+
+
+def test_chat_messages_is_one_user_message():
+    assert chat_messages("Hi") == [{"role": "user", "content": "Hi"}]
+
+
+# ---- what is sent ------------------------------------------------------------------------
+
+
+async def test_sends_set_parameters_attribution_and_the_bearer_key(client, script):
+    await call(client, CallParameters(temperature=0.3, max_tokens=50))
+    sent = script.received[-1]
+    assert sent["body"] == {
+        "model": "acme/writer-1",
+        "messages": [{"role": "user", "content": "Write."}],
+        "usage": {"include": True},
+        "temperature": 0.3,
+        "max_tokens": 50,
+    }
+    assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert sent["headers"]["X-Title"] == "DayDream"
+
+
+async def test_without_a_key_no_authorization_header_is_sent(scripted, script):
+    base_url, _ = scripted
+    async with LLMClient(base_url, None, timeout_s=2.0) as llm:
+        await call(llm)
+    assert "Authorization" not in script.received[-1]["headers"]
+
+
+def test_repr_never_shows_the_key():
+    llm = LLMClient("http://127.0.0.1:1/v1", SecretStr(KEY), timeout_s=1.0)
+    assert KEY not in repr(llm) and "api_key=set" in repr(llm)
+
+
+# ---- what is recorded --------------------------------------------------------------------
+
+
+async def test_missing_usage_gives_zero_tokens_and_unknown_cost(client, script):
+    record = await call(client)
+    assert (record.prompt_tokens, record.completion_tokens, record.reasoning_tokens) == (0, 0, 0)
+    assert record.cost_usd is None and record.provider is None
+    assert record.resolved_model == "acme/writer-1-2025" and record.text == "hello"
+
+
+async def test_usage_and_provider_are_recorded(client, script):
+    usage = {
+        "prompt_tokens": 11,
+        "completion_tokens": 40,
+        "completion_tokens_details": {"reasoning_tokens": 9},
+        "cost": 0.0021,
+    }
+    script.body = ok_body("text", native_finish_reason="STOP", usage=usage, provider="Together")
+    record = await call(client)
+    assert (record.prompt_tokens, record.completion_tokens, record.reasoning_tokens) == (11, 40, 9)
+    assert record.cost_usd == 0.0021 and record.provider == "Together"
+
+
+# ---- how failures are classified ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, ErrorKind.BAD_REQUEST),
+        (401, ErrorKind.AUTH),
+        (402, ErrorKind.PAYMENT),
+        (403, ErrorKind.FORBIDDEN),
+        (404, ErrorKind.NOT_FOUND),
+        (408, ErrorKind.TIMEOUT),
+        (418, ErrorKind.OTHER_CLIENT_ERROR),
+        (422, ErrorKind.OTHER_CLIENT_ERROR),
+        (429, ErrorKind.RATE_LIMITED),
+        (500, ErrorKind.SERVER_ERROR),
+        (502, ErrorKind.SERVER_ERROR),
+        (503, ErrorKind.SERVER_ERROR),
+    ],
+)
+async def test_http_status_maps_to_an_error_kind(client, script, status, kind):
+    script.status = status
+    script.body = json.dumps({"error": {"code": status, "message": "provider words"}})
+    error = await failure(client)
+    assert error.kind is kind and error.status == status
+    assert "provider words" in error.message
+    assert error_kind_for_status(status) is kind
+
+
+async def test_retry_after_http_date_header_is_parsed(client, script):
+    script.status, script.body = 429, "{}"
+    script.headers = {"Retry-After": format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)}
+    error = await failure(client)
+    assert error.kind is ErrorKind.RATE_LIMITED
+    assert 27.0 <= error.retry_after_s <= 30.0
+
+
+async def test_auth_error_without_a_key_tells_how_to_set_one(scripted, script):
+    base_url, _ = scripted
+    script.status, script.body = 401, json.dumps({"error": {"code": 401, "message": "No auth credentials found"}})
+    async with LLMClient(base_url, None, timeout_s=2.0) as llm:
+        error = await failure(llm)
+    assert error.kind is ErrorKind.AUTH
+    assert "no API key is set" in error.message
+    assert "OPENROUTER_API_KEY" in error.message and "DAYDREAM_LLM_API_KEY" in error.message
+
+
+async def test_provider_message_is_truncated_and_never_echoes_the_key(client, script):
+    script.status = 400
+    script.body = json.dumps({"error": {"message": f"bad key {KEY} " + "x" * 2000}})
+    error = await failure(client)
+    assert KEY not in str(error) and KEY not in repr(error)
+    assert "***" in error.message
+    assert len(error.message) < 700
+
+
+async def test_upstream_raw_error_is_included(client, script):
+    script.status = 502
+    error = {"code": 502, "message": "Provider returned error", "metadata": {"raw": "model overloaded"}}
+    script.body = json.dumps({"error": error})
+    error = await failure(client)
+    assert "model overloaded" in error.message
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ("<html>Bad gateway</html>", ErrorKind.BAD_BODY),
+        ("[1, 2]", ErrorKind.BAD_BODY),
+        (json.dumps({"id": "x", "choices": []}), ErrorKind.BAD_BODY),
+        (json.dumps({"error": {"code": 502, "message": "upstream died"}}), ErrorKind.ERROR_IN_RESPONSE),
+        (ok_body("partial", finish_reason="error"), ErrorKind.FINISH_ERROR),
+        (ok_body(None), ErrorKind.EMPTY_CONTENT),
+        (ok_body("   "), ErrorKind.EMPTY_CONTENT),
+    ],
+)
+async def test_broken_200_answers_are_classified(client, script, body, kind):
+    script.body = body
+    assert (await failure(client)).kind is kind
+
+
+async def test_empty_answer_cut_by_the_token_budget_says_so(client, script):
+    script.body = ok_body("", finish_reason="length")
+    error = await failure(client)
+    assert error.kind is ErrorKind.EMPTY_CONTENT and "max_tokens" in error.message
+
+
+async def test_slow_server_is_a_timeout(scripted, script):
+    base_url, _ = scripted
+    script.delay_s = 1.0
+    async with LLMClient(base_url, KEY, timeout_s=0.2) as llm:
+        error = await failure(llm)
+    assert error.kind is ErrorKind.TIMEOUT and "0.2s" in error.message
+
+
+async def test_nothing_listening_is_a_connection_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with LLMClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=2.0) as llm:
+        error = await failure(llm)
+    assert error.kind is ErrorKind.CONNECTION and f"127.0.0.1:{port}" in error.message
