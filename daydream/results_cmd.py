@@ -1,0 +1,119 @@
+"""Commands that read and repair the tracker's state: results, status, rebuild, check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+
+from daydream import options
+from services.tracker.check import check as find_problems
+from services.tracker.db import engine_for, init_db
+from services.tracker.rebuild import RebuildError
+from services.tracker.rebuild import rebuild as rebuild_from_artifacts
+from services.tracker.recorder import Progress, Tracker
+from services.tracker.summaries import latest_experiment_id, render_results_table, write_results
+
+console = Console()
+
+def _open(data_dir: Path) -> tuple[Path, Engine]:
+    engine = engine_for(data_dir)
+    init_db(engine)
+    return data_dir, engine
+
+
+def _experiment_or_exit(data_dir: Path, engine: Engine, experiment_id: str | None) -> str:
+    """The experiment asked for, or the latest one; exits with the known ids when there is none."""
+    known = Tracker(data_dir, engine).experiment_ids()
+    if experiment_id is None:
+        experiment_id = latest_experiment_id(engine)
+    if experiment_id is None:
+        console.print("[red]No experiments recorded yet.[/red] Run `daydream run` or `daydream publish` first.")
+        raise typer.Exit(1)
+    if experiment_id not in known:
+        console.print(f"[red]Unknown experiment {experiment_id!r}.[/red] Known: {', '.join(known) or 'none'}.")
+        raise typer.Exit(2)
+    return experiment_id
+
+
+def results(
+    experiment_id: str | None = typer.Argument(None, help="Experiment id (default: the latest)."),
+    all_: bool = typer.Option(False, "--all", help="Summarise every experiment together."),
+    top: int = typer.Option(10, "--top", help="How many generations to show."),
+    data: Path = options.DATA,
+) -> None:
+    """Write parsed scores, summaries, the score pivot and evaluator agreement; show the best."""
+    data_dir, engine = _open(data)
+    chosen = None if all_ else _experiment_or_exit(data_dir, engine, experiment_id)
+    for path in write_results(engine, data_dir, chosen):
+        console.print(f"wrote {path}")
+    console.print(render_results_table(engine, chosen, limit=top))
+
+
+def render_progress(progress: Progress) -> Table:
+    """Planned, done, failed and skipped per stage and tier, with spend so far."""
+    state = "[green]finished[/green]" if progress.finished else "[yellow]running[/yellow]"
+    table = Table(title=f"{progress.experiment_id}: {state}")
+    for header in ("stage", "tier", "planned", "done", "failed", "skipped"):
+        table.add_column(header, justify="left" if header in ("stage", "tier") else "right")
+    for stage in progress.stages.values():
+        planned = "?" if stage.planned is None else str(stage.planned)
+        table.add_row(stage.stage, "all", planned, str(stage.done), str(stage.failed), str(stage.skipped))
+    for tier in progress.tiers:
+        planned = "?" if tier.planned is None else str(tier.planned)
+        table.add_row(tier.stage, tier.tier, planned, str(tier.done), str(tier.failed), "")
+    table.caption = (
+        f"tokens in {progress.prompt_tokens:,} / out {progress.completion_tokens:,} · cost ${progress.cost_usd:.4f}"
+        f" · parse errors {progress.parse_errors}"
+        + (f" · finished {progress.finished_at:%Y-%m-%d %H:%M:%S} UTC" if progress.finished_at else "")
+    )
+    return table
+
+
+def status(
+    experiment_id: str | None = typer.Argument(None, help="Experiment id (default: the latest)."),
+    data: Path = options.DATA,
+) -> None:
+    """Progress of an experiment: what was planned, what is done, what failed and why."""
+    data_dir, engine = _open(data)
+    chosen = _experiment_or_exit(data_dir, engine, experiment_id)
+    progress = Tracker(data_dir, engine).progress(chosen)
+    console.print(render_progress(progress))
+    if progress.failures_by_reason:
+        failures = Table(title="failures by reason")
+        failures.add_column("reason")
+        failures.add_column("tasks", justify="right")
+        for reason, count in sorted(progress.failures_by_reason.items()):
+            failures.add_row(reason, str(count))
+        console.print(failures)
+        console.print(f"retry them with `daydream rerun {chosen} --failed`")
+
+
+def rebuild(data: Path = options.DATA) -> None:
+    """Recreate the database and the cross-experiment CSVs from the artifact files alone."""
+    data_dir, engine = _open(data)
+    try:
+        report = rebuild_from_artifacts(data_dir, engine)
+    except RebuildError as error:
+        console.print(str(error), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from error
+    console.print(
+        f"rebuilt from {len(report.sources)} files: {report.experiments} experiments, "
+        f"{report.generations} generations, {report.evaluations} evaluations, {report.scores} scores, "
+        f"{report.failures} failures, {report.combo_mappings} combo mapping rows"
+    )
+
+
+def check(data: Path = options.DATA) -> None:
+    """Find orphans, duplicates and missing files; exit 1 when anything needs fixing."""
+    data_dir, engine = _open(data)
+    problems = find_problems(data_dir, engine)
+    for problem in problems:
+        console.print(str(problem), markup=False, soft_wrap=True)
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s)[/red]")
+        raise typer.Exit(1)
+    console.print("[green]clean[/green]: database, artifacts and cross-experiment CSVs agree")

@@ -1,0 +1,28 @@
+"""parser: turns each judge answer into `EvaluationScored` (a score or a parse error)."""
+
+from faststream.nats import NatsMessage
+
+from services.parser.evaluation import score_evaluation
+from shared import metrics
+from shared.events import EVALUATION_SCORED, EvaluationDone, message_id
+from shared.service import decode, jetstream, make_app, make_broker, publish, subscribe
+from shared.settings import get_settings
+from shared.topology import PARSER_CONSUMER, ensure_service_topology, find_reader
+
+settings = get_settings()
+broker = make_broker(settings)
+
+
+async def score(msg: NatsMessage) -> None:
+    done = await decode(broker, msg, EvaluationDone, stage="scoring")
+    scored = score_evaluation(done)
+    metrics.observe_score(scored.parser, "ok" if scored.score is not None else scored.parse_error.split(":")[0])
+    await publish(broker, EVALUATION_SCORED, scored, message_id("scored", done.task.experiment_id, done.task.task_id))
+
+
+async def startup() -> None:
+    await ensure_service_topology(await jetstream(broker), settings, readers=[PARSER_CONSUMER])
+    subscribe(broker, find_reader(settings, PARSER_CONSUMER), score, max_workers=4)
+
+
+app = make_app(broker, on_startup=[startup])

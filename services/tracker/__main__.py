@@ -1,0 +1,4 @@
+from services.tracker.app import app, settings
+from shared.service import serve
+
+serve(app, settings)

@@ -1,0 +1,106 @@
+"""tracker: the single writer — every event becomes rows, artifact files and CSV lines."""
+
+import asyncio
+import json
+from datetime import datetime
+
+from faststream.nats import NatsMessage
+from nats.js.errors import NotFoundError
+
+from services.tracker.db import make_engine
+from services.tracker.dead_letters import failure_from_dead_letter
+from services.tracker.recorder import Tracker
+from shared import metrics
+from shared.events import (
+    EVALUATION_DONE,
+    EVALUATION_SCORED,
+    EXPERIMENT_PLANNED,
+    EXPERIMENT_REQUESTED,
+    GENERATION_DONE,
+    TASK_FAILED,
+    EvaluationDone,
+    EvaluationScored,
+    ExperimentPlanned,
+    ExperimentRequested,
+    GenerationDone,
+    TaskFailed,
+)
+from shared.lifecycle import BackgroundTasks
+from shared.service import decode, jetstream, make_app, make_broker, subscribe
+from shared.settings import get_settings
+from shared.topology import (
+    DEAD_LETTER_CONSUMER,
+    TASKS_STREAM,
+    TRACKER_SUBJECTS,
+    ensure_service_topology,
+    find_reader,
+)
+
+settings = get_settings()
+broker = make_broker(settings)
+background = BackgroundTasks()
+engine = make_engine(settings.sqlalchemy_url())
+tracker = Tracker(settings.data, engine)
+
+RECORDERS_BY_SUBJECT = {
+    EXPERIMENT_REQUESTED: (ExperimentRequested, tracker.record_requested),
+    EXPERIMENT_PLANNED: (ExperimentPlanned, tracker.record_planned),
+    GENERATION_DONE: (GenerationDone, tracker.record_generation),
+    EVALUATION_DONE: (EvaluationDone, tracker.record_evaluation),
+    EVALUATION_SCORED: (EvaluationScored, tracker.record_score),
+    TASK_FAILED: (TaskFailed, tracker.record_failure),
+}
+RECORDERS = {durable: RECORDERS_BY_SUBJECT[subject] for durable, subject in TRACKER_SUBJECTS.items()}
+"""Keyed by the durable names `shared.topology` declares, so they are spelled in one place; a
+subject there without a recorder here fails at import."""
+
+
+def recorder_for(event_type, record):
+    async def handle(msg: NatsMessage) -> None:
+        record(await decode(broker, msg, event_type, stage="tracking"))
+
+    return handle
+
+
+async def record_dead_letter(msg: NatsMessage) -> None:
+    js = broker.config.connection_state.stream
+    sequence = json.loads(msg.body).get("stream_seq")
+    try:
+        stored = await js.get_msg(TASKS_STREAM, sequence)
+        payload = stored.data
+    except NotFoundError:
+        payload = None
+    tracker.record_failure(failure_from_dead_letter(msg.body, payload))
+    if payload is not None:
+        await js.delete_msg(TASKS_STREAM, sequence)
+
+
+async def publish_progress() -> None:
+    """Experiment progress gauges for dashboards, refreshed from the tables. Later activity moves a
+    finished experiment's `finished_at` and reopening clears it, so after a first pass over every
+    experiment only the unfinished ones and those whose `finished_at` changed are recomputed:
+    recomputing the whole history every 2 s blocked the event loop."""
+    published: dict[str, datetime | None] = {}
+    while True:
+        for experiment_id, finished_at in tracker.finished_at_by_experiment().items():
+            if finished_at is not None and published.get(experiment_id) == finished_at:
+                continue
+            progress = tracker.progress(experiment_id)
+            for stage, state in progress.stages.items():
+                metrics.set_experiment_progress(experiment_id, stage, state.planned or 0, state.done,
+                                                state.failed + state.skipped)
+            metrics.set_experiment_cost(experiment_id, progress.cost_usd)
+            published[experiment_id] = finished_at
+        await asyncio.sleep(2.0)
+
+
+async def startup() -> None:
+    tracker.reconcile_csvs()
+    await ensure_service_topology(await jetstream(broker), settings, readers=[*TRACKER_SUBJECTS, DEAD_LETTER_CONSUMER])
+    for durable, (event_type, record) in RECORDERS.items():
+        subscribe(broker, find_reader(settings, durable), recorder_for(event_type, record))
+    subscribe(broker, find_reader(settings, DEAD_LETTER_CONSUMER), record_dead_letter)
+    background.start(publish_progress())
+
+
+app = make_app(broker, on_startup=[startup], on_shutdown=[background.stop])

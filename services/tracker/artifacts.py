@@ -1,0 +1,145 @@
+"""Artifact files: written atomically, never silently overwritten.
+
+Naming rule. A task's file is `<task_id><suffix>`, as in the original pipeline. Task ids recur across
+experiments (they derive from combo, template and model), so when that name already holds
+*different* content the file goes to `<task_id>.<experiment_id><suffix>`, and if that too holds
+different content (a rerun inside the same experiment) to `<task_id>.<experiment_id>.<sha8><suffix>`,
+a name fixed by the content itself. Identical content at any candidate is a no-op, so a redelivered
+event rewrites nothing. Each file is chosen on its own; the call-record JSON names the prompt and
+response files it belongs to, and the database row records the actual paths.
+
+The tracker is the single writer of these directories, so check-then-replace cannot race.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.files import atomic_write_text, csv_text
+
+GENERATION_DIR = "3_generation"
+EVALUATION_DIR = "4_evaluation"
+CROSS_EXPERIMENT_DIR = "7_cross_experiment"
+EXPERIMENTS_DIR = "experiments"
+
+
+def to_json(data: Any) -> str:
+    """Stable text for the same data, so a redelivered event compares equal to what is on disk."""
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def content_digest(content: str) -> str:
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:8]
+
+
+def write_once(directory: Path, names: Sequence[str], content: str) -> Path:
+    """Write `content` under the first of `names` that is free or already holds it; the last
+    resort is a name derived from the content's hash, so no existing file is ever replaced."""
+    suffix = _suffix(names[-1])
+    last_resort = f"{names[-1].removesuffix(suffix)}.{content_digest(content)}{suffix}"
+    for name in [*names, last_resort]:
+        path = directory / name
+        if not path.exists():
+            atomic_write_text(path, content)
+            return path
+        if path.read_text(encoding="utf-8") == content:
+            return path
+    raise FileExistsError(f"{directory / last_resort} holds different content under its own content hash")
+
+
+def _suffix(name: str) -> str:
+    """`.score.json` for `x.score.json`, `.txt` for `x.txt`: the part the hash goes in front of."""
+    for suffix in (".score.json", ".json", ".txt"):
+        if name.endswith(suffix):
+            return suffix
+    return Path(name).suffix
+
+
+def task_artifact_names(task_id: str, experiment_id: str, suffix: str) -> list[str]:
+    return [f"{task_id}{suffix}", f"{task_id}.{experiment_id}{suffix}"]
+
+
+class Layout:
+    """Where each artifact lives under the data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def prompts_dir(self, stage: str) -> Path:
+        return self._stage_dir(stage) / f"{stage}_prompts"
+
+    def responses_dir(self, stage: str) -> Path:
+        return self._stage_dir(stage) / f"{stage}_responses"
+
+    def _stage_dir(self, stage: str) -> Path:
+        return self.data_dir / (GENERATION_DIR if stage == "generation" else EVALUATION_DIR)
+
+    def experiment_dir(self, experiment_id: str) -> Path:
+        return self.data_dir / EXPERIMENTS_DIR / experiment_id
+
+    def events_dir(self, experiment_id: str) -> Path:
+        """The tracker's own records of an experiment, beside (not inside) the inputs snapshot."""
+        return self.experiment_dir(experiment_id) / "events"
+
+    def failures_dir(self, experiment_id: str) -> Path:
+        return self.events_dir(experiment_id) / "failures"
+
+    def cross_experiment_csv(self, stage: str) -> Path:
+        return self.data_dir / CROSS_EXPERIMENT_DIR / f"{stage}_results.csv"
+
+    def combo_mappings_csv(self) -> Path:
+        return self.data_dir / "combo_mappings.csv"
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.data_dir).as_posix()
+
+    def absolute(self, relative: str) -> Path:
+        return self.data_dir / relative
+
+
+class CsvHeaderMismatch(ValueError):
+    """Appending would put values under the wrong columns."""
+
+
+def append_csv_rows(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Append lines (header first if the file is new) and flush them to disk before returning,
+    so the caller may then mark the rows as appended."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    is_new = not path.exists() or path.stat().st_size == 0
+    if not is_new:
+        header = read_csv_header(path)
+        if header != list(columns):
+            raise CsvHeaderMismatch(
+                f"{path}: its header ({', '.join(header)}) is not the expected {', '.join(columns)}; "
+                "move the file aside and run `daydream rebuild` to write it afresh"
+            )
+    with path.open("a", encoding="utf-8", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(columns))
+        if is_new:
+            writer.writeheader()
+        writer.writerows(rows)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def read_csv_header(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as stream:
+        return next(csv.reader(stream), [])
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """A whole derived table, replaced atomically."""
+    atomic_write_text(path, csv_text(columns, rows))

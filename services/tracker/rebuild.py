@@ -1,0 +1,183 @@
+"""Rebuild the database and the cross-experiment CSVs from the files the tracker wrote.
+
+Sources: DIR/experiments/<id>/events/{requested,planned}*.json and failures/*.json, the call-record
+JSON next to every response (task fields, call, paths of its prompt and response files), the
+`.score.json` next to every evaluation response, and DIR/combo_mappings.csv. Every file is read and
+validated before anything is deleted, so a bad file stops the rebuild with the old state intact.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from services.tracker.artifacts import EXPERIMENTS_DIR, Layout, read_csv_header, read_csv_rows
+from services.tracker.db import drop_db
+from services.tracker.recorder import (
+    CSV_COLUMNS,
+    ResultFiles,
+    Tracker,
+    as_utc,
+    task_from_kept_fields,
+)
+from services.tracker.tables import ComboMapping
+from shared.events import (
+    CallRecord,
+    EvaluationScored,
+    ExperimentPlanned,
+    ExperimentRequested,
+    TaskFailed,
+)
+
+
+class RebuildError(Exception):
+    """An artifact that cannot be read back; nothing was deleted."""
+
+
+@dataclass
+class RebuildReport:
+    experiments: int = 0
+    generations: int = 0
+    evaluations: int = 0
+    scores: int = 0
+    failures: int = 0
+    combo_mappings: int = 0
+    sources: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """One file's contribution, kept until every file has been read."""
+
+    sort_key: tuple
+    apply: Callable[[Tracker], None]
+
+
+def _load(path: Path, parse: Callable[[Any], Any]) -> Any:
+    try:
+        return parse(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, ValidationError) as error:
+        raise RebuildError(
+            f"{path}: cannot be read back ({error}). Fix the file or move it out of the data directory, "
+            "then run `daydream rebuild` again."
+        ) from error
+
+
+def _result_replay(layout: Layout, path: Path, stage: str) -> _Replay:
+    def parse(record: dict) -> _Replay:
+        task = task_from_kept_fields(record["task"])
+        call = CallRecord.model_validate(record["call"])
+        files = ResultFiles(
+            prompt_path=record["prompt_path"],
+            response_path=record["response_path"],
+            call_path=layout.relative(path),
+            prompt_chars=record["prompt_chars"],
+        )
+        store = Tracker.store_generation if stage == "generation" else Tracker.store_evaluation
+        return _Replay((2, as_utc(call.finished_at), task.task_id), lambda tracker: store(tracker, task, call, files))
+
+    return _load(path, parse)
+
+
+def _score_replay(layout: Layout, path: Path) -> _Replay:
+    def parse(record: dict) -> _Replay:
+        event = EvaluationScored.model_validate({**record, "task": task_from_kept_fields(record["task"])})
+        return _Replay(
+            (3, as_utc(event.emitted_at), event.task.task_id),
+            lambda tracker: tracker.store_score(event, layout.relative(path)),
+        )
+
+    return _load(path, parse)
+
+
+def _collect(layout: Layout, report: RebuildReport) -> list[_Replay]:
+    replays: list[_Replay] = []
+
+    def add(replay: _Replay, path: Path, counter: str | None = None) -> None:
+        replays.append(replay)
+        report.sources.append(path)
+        if counter:
+            setattr(report, counter, getattr(report, counter) + 1)
+
+    events_dirs = sorted((layout.data_dir / EXPERIMENTS_DIR).glob("*/events"))
+    report.experiments = len(events_dirs)
+    for events_dir in events_dirs:
+        for path in sorted(events_dir.glob("requested*.json")):
+            requested = _load(path, ExperimentRequested.model_validate)
+            add(
+                _Replay((0, as_utc(requested.emitted_at), path.name), lambda t, e=requested: t.store_requested(e)), path
+            )
+        for path in sorted(events_dir.glob("planned*.json")):
+            planned = _load(path, ExperimentPlanned.model_validate)
+            add(_Replay((1, as_utc(planned.emitted_at), path.name), lambda t, e=planned: t.store_planned(e)), path)
+        for path in sorted(events_dir.glob("failures/*.json")):
+            failed = _load(path, TaskFailed.model_validate)
+            store = partial(Tracker.store_failure, event=failed, failure_path=layout.relative(path))
+            add(_Replay((4, as_utc(failed.emitted_at), failed.task_id), lambda t, s=store: s(t)), path, "failures")
+    for stage, counter in (("generation", "generations"), ("evaluation", "evaluations")):
+        for path in sorted(layout.responses_dir(stage).glob("*.json")):
+            if path.name.endswith(".score.json"):
+                add(_score_replay(layout, path), path, "scores")
+            else:
+                add(_result_replay(layout, path, stage), path, counter)
+    return sorted(replays, key=lambda replay: replay.sort_key)
+
+
+def _combo_mappings(layout: Layout) -> list[ComboMapping]:
+    path = layout.combo_mappings_csv()
+    mappings = []
+    for line_number, row in enumerate(read_csv_rows(path), start=2):
+        try:
+            mappings.append(
+                ComboMapping(
+                    combo_id=row["combo_id"],
+                    concept_id=row["concept_id"],
+                    description_level=row["description_level"],
+                    k_max=int(row["k_max"]),
+                    version=row["version"],
+                    created_at=as_utc(datetime.fromisoformat(row["created_at"])),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise RebuildError(
+                f"{path}, line {line_number}: {error!r}; expected columns "
+                "combo_id,version,concept_id,description_level,k_max,created_at — fix the row, then rebuild again."
+            ) from error
+    return mappings
+
+
+def _refuse_foreign_csvs(layout: Layout) -> None:
+    """A cross-experiment CSV with other columns (say, the original pipeline's) is not ours to delete."""
+    for stage, columns in CSV_COLUMNS.items():
+        path = layout.cross_experiment_csv(stage)
+        if path.exists() and path.stat().st_size and read_csv_header(path) != list(columns):
+            raise RebuildError(
+                f"{path} has columns this tracker did not write; move it aside (it is kept as it is), "
+                "then run `daydream rebuild` again."
+            )
+
+
+def rebuild(data_dir: Path, engine: Engine) -> RebuildReport:
+    """Replace the database and the cross-experiment CSVs with what the artifacts say."""
+    layout = Layout(data_dir)
+    report = RebuildReport()
+    replays = _collect(layout, report)
+    mappings = _combo_mappings(layout)
+    _refuse_foreign_csvs(layout)
+    drop_db(engine)
+    for stage in ("generation", "evaluation"):
+        layout.cross_experiment_csv(stage).unlink(missing_ok=True)
+    tracker = Tracker(data_dir, engine)
+    for replay in replays:
+        replay.apply(tracker)
+    tracker.store_combo_mappings(mappings)
+    report.combo_mappings = len(mappings)
+    return report

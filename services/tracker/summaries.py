@@ -1,0 +1,262 @@
+"""Results tables computed from the evaluation rows: parsed scores, grouped statistics, a pivot
+of scores per generation, evaluator agreement, and the top generations.
+
+Conventions (kept from the original pipeline's 9-point judges):
+- a score is *high* when it is at least 7/9 of its template's max_score and *low* when at most 3/9
+  of it; a row whose max_score is unknown is read on the 9-point scale;
+- `std` is the sample standard deviation, left empty for a single score;
+- agreement between a generation's evaluators, by the range of their scores: high (<= 1),
+  moderate (<= 3), low (> 3); a generation with one evaluator is `single`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from services.tracker.artifacts import write_csv
+from services.tracker.tables import ComboMapping, EvaluationResult, Experiment, GenerationResult
+
+NINE_POINT_SCALE = 9
+HIGH_SCORE = 7
+LOW_SCORE = 3
+HIGH_AGREEMENT_RANGE = 1
+MODERATE_AGREEMENT_RANGE = 3
+
+PARSED_SCORES_COLUMNS = (
+    "experiment_id", "task_id", "generation_task_id", "combo_id", "generation_template_id",
+    "generation_model_id", "evaluation_template_id", "evaluation_model_id", "evaluation_model",
+    "replicate", "status", "score", "max_score", "parse_error", "parser", "score_path",
+)  # fmt: skip
+STATISTICS_COLUMNS = ("count", "mean", "std", "min", "max", "high_count", "low_count")
+FINAL_RESULTS_COLUMNS = ("group_by", "group", *STATISTICS_COLUMNS)
+GENERATION_COLUMNS = (
+    "experiment_id",
+    "generation_task_id",
+    "combo_id",
+    "generation_template_id",
+    "generation_model_id",
+)
+AGREEMENT_COLUMNS = (*GENERATION_COLUMNS, "evaluators", "mean", "std", "min", "max", "range", "agreement")
+
+GROUPINGS: dict[str, tuple[str, ...]] = {
+    "generation_template": ("generation_template_id",),
+    "generation_model": ("generation_model_id",),
+    "evaluation_model": ("evaluation_model_id",),
+    "combo": ("combo_id",),
+    "generation_template_x_generation_model": ("generation_template_id", "generation_model_id"),
+    "generation_model_x_evaluation_model": ("generation_model_id", "evaluation_model_id"),
+    "overall": (),
+}
+
+
+@dataclass(frozen=True)
+class GenerationScore:
+    experiment_id: str
+    generation_task_id: str
+    combo_id: str
+    generation_template_id: str
+    generation_model_id: str
+    scores: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.scores)
+
+
+def latest_experiment_id(engine: Engine) -> str | None:
+    """The most recently requested experiment (or, lacking requests, the last id known)."""
+    with Session(engine) as session:
+        experiments = session.exec(select(Experiment)).all()
+    if not experiments:
+        return None
+    return max(experiments, key=lambda e: (e.requested_at is not None, e.requested_at, e.experiment_id)).experiment_id
+
+
+def evaluation_rows(engine: Engine, experiment_id: str | None) -> list[EvaluationResult]:
+    """Scored evaluations (parse errors included) of one experiment, or of all when id is None."""
+    query = select(EvaluationResult).where(EvaluationResult.has_score == True)  # noqa: E712
+    if experiment_id is not None:
+        query = query.where(EvaluationResult.experiment_id == experiment_id)
+    with Session(engine) as session:
+        return list(session.exec(query.order_by(EvaluationResult.experiment_id, EvaluationResult.task_id)).all())
+
+
+def describe(scores: list[float], max_scores: list[int | None]) -> dict[str, float | int | None]:
+    scaled = [
+        score * NINE_POINT_SCALE / (maximum or NINE_POINT_SCALE)
+        for score, maximum in zip(scores, max_scores, strict=True)
+    ]
+    return {
+        "count": len(scores),
+        "mean": round(statistics.fmean(scores), 4),
+        "std": round(statistics.stdev(scores), 4) if len(scores) > 1 else None,
+        "min": min(scores),
+        "max": max(scores),
+        "high_count": sum(value >= HIGH_SCORE for value in scaled),
+        "low_count": sum(value <= LOW_SCORE for value in scaled),
+    }
+
+
+def final_results(rows: Iterable[EvaluationResult]) -> list[dict]:
+    """One long table: a block of rows per grouping, each row a group's statistics."""
+    scored = [row for row in rows if row.score is not None]
+    table = []
+    for group_by, fields in GROUPINGS.items():
+        groups: dict[str, list[EvaluationResult]] = defaultdict(list)
+        for row in scored:
+            groups[" x ".join(getattr(row, field) for field in fields) or "all"].append(row)
+        for group, members in sorted(groups.items()):
+            statistics_ = describe([m.score for m in members], [m.max_score for m in members])
+            table.append({"group_by": group_by, "group": group, **statistics_})
+    return table
+
+
+def generation_scores(rows: Iterable[EvaluationResult]) -> list[GenerationScore]:
+    grouped: dict[tuple[str, str], list[EvaluationResult]] = defaultdict(list)
+    for row in rows:
+        if row.score is not None:
+            grouped[row.experiment_id, row.generation_task_id].append(row)
+    return [
+        GenerationScore(
+            experiment_id=experiment_id,
+            generation_task_id=generation_task_id,
+            combo_id=members[0].combo_id,
+            generation_template_id=members[0].generation_template_id,
+            generation_model_id=members[0].generation_model_id,
+            scores=tuple(member.score for member in members),
+        )
+        for (experiment_id, generation_task_id), members in sorted(grouped.items())
+    ]
+
+
+def _generation_fields(generation: GenerationScore) -> dict[str, str]:
+    return {column: getattr(generation, column) for column in GENERATION_COLUMNS}
+
+
+def score_pivot(rows: Iterable[EvaluationResult]) -> tuple[list[str], list[dict]]:
+    """A row per generation, a column `<evaluation template>__<evaluation model>` per judge setup,
+    holding that setup's mean score for the generation."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    rows = [row for row in rows if row.score is not None]
+    for row in rows:
+        cells[row.experiment_id, row.generation_task_id][
+            f"{row.evaluation_template_id}__{row.evaluation_model_id}"
+        ].append(row.score)
+    judge_columns = sorted({column for generation in cells.values() for column in generation})
+    table = []
+    for generation in generation_scores(rows):
+        scores = cells[generation.experiment_id, generation.generation_task_id]
+        table.append(
+            {
+                **_generation_fields(generation),
+                **{
+                    column: round(statistics.fmean(scores[column]), 4) for column in judge_columns if scores.get(column)
+                },
+            }
+        )
+    return [*GENERATION_COLUMNS, *judge_columns], table
+
+
+def agreement_class(evaluators: int, score_range: float) -> str:
+    if evaluators < 2:
+        return "single"
+    if score_range <= HIGH_AGREEMENT_RANGE:
+        return "high"
+    return "moderate" if score_range <= MODERATE_AGREEMENT_RANGE else "low"
+
+
+def evaluator_agreement(rows: Iterable[EvaluationResult]) -> list[dict]:
+    table = []
+    for generation in generation_scores(rows):
+        scores = generation.scores
+        score_range = max(scores) - min(scores)
+        table.append(
+            {
+                **_generation_fields(generation),
+                "evaluators": len(scores),
+                "mean": round(generation.mean, 4),
+                "std": round(statistics.stdev(scores), 4) if len(scores) > 1 else None,
+                "min": min(scores),
+                "max": max(scores),
+                "range": score_range,
+                "agreement": agreement_class(len(scores), score_range),
+            }
+        )
+    return table
+
+
+def write_results(engine: Engine, data_dir: Path, experiment_id: str | None) -> list[Path]:
+    """Write the result tables of one experiment (or all, when None); returns the files written."""
+    rows = evaluation_rows(engine, experiment_id)
+    parsed = data_dir / "5_parsing" / "parsed_scores.csv"
+    summary_dir = data_dir / "6_summary"
+    write_csv(parsed, PARSED_SCORES_COLUMNS, [{c: getattr(row, c) for c in PARSED_SCORES_COLUMNS} for row in rows])
+    write_csv(summary_dir / "final_results.csv", FINAL_RESULTS_COLUMNS, final_results(rows))
+    pivot_columns, pivot_rows = score_pivot(rows)
+    write_csv(summary_dir / "generation_scores_pivot.csv", pivot_columns, pivot_rows)
+    write_csv(summary_dir / "evaluator_agreement.csv", AGREEMENT_COLUMNS, evaluator_agreement(rows))
+    return [
+        parsed,
+        summary_dir / "final_results.csv",
+        summary_dir / "generation_scores_pivot.csv",
+        summary_dir / "evaluator_agreement.csv",
+    ]
+
+
+def top_generations(engine: Engine, experiment_id: str | None, limit: int = 10) -> list[GenerationScore]:
+    ranked = sorted(
+        generation_scores(evaluation_rows(engine, experiment_id)),
+        key=lambda g: (-g.mean, -len(g.scores), g.experiment_id, g.generation_task_id),
+    )
+    return ranked[:limit]
+
+
+def combo_concepts(engine: Engine, combo_ids: Iterable[str]) -> dict[str, list[str]]:
+    with Session(engine) as session:
+        mappings = session.exec(select(ComboMapping).where(ComboMapping.combo_id.in_(set(combo_ids)))).all()
+    concepts: dict[str, list[str]] = defaultdict(list)
+    for mapping in mappings:
+        concepts[mapping.combo_id].append(mapping.concept_id)
+    return {combo_id: sorted(members) for combo_id, members in concepts.items()}
+
+
+def generation_models(engine: Engine, generations: Iterable[GenerationScore]) -> dict[tuple[str, str], str]:
+    """The model name behind each generation, for display."""
+    keys = {(g.experiment_id, g.generation_task_id) for g in generations}
+    with Session(engine) as session:
+        rows = session.exec(
+            select(GenerationResult).where(GenerationResult.experiment_id.in_({experiment for experiment, _ in keys}))
+        ).all()
+    return {(r.experiment_id, r.task_id): r.generation_model for r in rows if (r.experiment_id, r.task_id) in keys}
+
+
+def render_results_table(engine: Engine, experiment_id: str | None, limit: int = 10) -> Table:
+    """The top generations by mean judge score, with the concepts they combined."""
+    top = top_generations(engine, experiment_id, limit)
+    concepts = combo_concepts(engine, (g.combo_id for g in top))
+    models = generation_models(engine, top)
+    title = f"Top {len(top)} generations" + (f" of {experiment_id}" if experiment_id else " across experiments")
+    table = Table(title=title)
+    columns: list[tuple[str, Callable[[GenerationScore], str]]] = [
+        ("#", lambda g: str(top.index(g) + 1)),
+        *([("experiment", lambda g: g.experiment_id)] if experiment_id is None else []),
+        ("concepts", lambda g: ", ".join(concepts.get(g.combo_id, [g.combo_id]))),
+        ("template", lambda g: g.generation_template_id),
+        ("model", lambda g: models.get((g.experiment_id, g.generation_task_id), g.generation_model_id)),
+        ("mean", lambda g: f"{g.mean:.2f}"),
+        ("judges", lambda g: str(len(g.scores))),
+        ("generation task", lambda g: g.generation_task_id),
+    ]
+    for header, _ in columns:
+        table.add_column(header, justify="right" if header in ("#", "mean", "judges") else "left")
+    for generation in top:
+        table.add_row(*(cell(generation) for _, cell in columns))
+    return table

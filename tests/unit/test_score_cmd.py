@@ -1,0 +1,88 @@
+"""`daydream score` as a user runs it: files in, one tab-separated line per file out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner, Result
+
+from daydream.score_cmd import score
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("score")(score)
+    app.command("noop")(lambda: None)  # a second command so `score` is a real subcommand
+    return app
+
+
+def write(directory: Path, name: str, text: str | bytes) -> Path:
+    path = directory / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run(app: typer.Typer, *args: str) -> Result:
+    return runner.invoke(app, ["score", *map(str, args)])
+
+
+def test_prints_one_line_per_file_in_order(app: typer.Typer, tmp_path: Path) -> None:
+    good = write(tmp_path, "good.txt", "The loop is complete.\n\nSCORE:\n\n7")
+    none = write(tmp_path, "none.txt", "A thoughtful essay with no verdict.")
+    result = run(app, good, none)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"{good}\t7", f"{none}\tERROR no_score_found"]
+
+
+def test_failures_do_not_change_the_exit_code(app: typer.Typer, tmp_path: Path) -> None:
+    clash = write(tmp_path, "clash.txt", "Score: 6\n\nScore: 8")
+    result = run(app, clash)
+    assert result.exit_code == 0
+    assert result.output == f"{clash}\tERROR ambiguous: 6, 8\n"
+
+
+def test_unreadable_files_are_reported_and_the_rest_still_read(app: typer.Typer, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.txt"
+    binary = write(tmp_path, "binary.txt", b"\xff\xfe\x00SCORE: 5")
+    good = write(tmp_path, "good.txt", "SCORE: 5")
+    lines = run(app, missing, binary, tmp_path, good).output.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(missing), str(binary), str(tmp_path), str(good)]
+    assert all(line.split("\t")[1].startswith("ERROR unreadable: ") for line in lines[:3])
+    assert lines[3] == f"{good}\t5"
+
+
+def test_parser_option_selects_the_strategy(app: typer.Typer, tmp_path: Path) -> None:
+    apart = write(tmp_path, "apart.txt", "Fine essay.\nSCORE:\n\n7")
+    assert run(app, "--parser", "in_last_line", apart).output == f"{apart}\tERROR no_score_found\n"
+    assert run(app, "--parser", "final_verdict", apart).output == f"{apart}\t7\n"
+
+
+def test_max_score_sets_the_scale(app: typer.Typer, tmp_path: Path) -> None:
+    out_of_ten = write(tmp_path, "ten.txt", "Good.\n**Final Score: 7/10**")
+    assert "ERROR scale_mismatch" in run(app, out_of_ten).output
+    assert run(app, "--max-score", "10", out_of_ten).output == f"{out_of_ten}\t7\n"
+
+
+def test_allow_decimals_keeps_the_unrounded_score(app: typer.Typer, tmp_path: Path) -> None:
+    rounded = write(tmp_path, "rounded.txt", "Solid.\nScore: 6.5/9, rounded to 7")
+    assert run(app, rounded).output == f"{rounded}\t7\n"
+    assert run(app, "--allow-decimals", rounded).output == f"{rounded}\t6.5\n"
+
+
+def test_unknown_parser_is_a_usage_error_listing_valid_names(app: typer.Typer, tmp_path: Path) -> None:
+    answer = write(tmp_path, "a.txt", "SCORE: 5")
+    result = run(app, "--parser", "last_number", answer)
+    assert result.exit_code == 2
+    assert "final_verdict, in_last_line" in result.output
+
+
+def test_at_least_one_file_is_required(app: typer.Typer) -> None:
+    assert run(app).exit_code == 2

@@ -1,0 +1,459 @@
+"""Score parsing against the shapes real LLM judges write."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from textwrap import dedent
+
+import pytest
+from pydantic import ValidationError
+
+from services.parser.scoring import DEFAULT_PARSER, PARSERS, ScoreResult, parse_score
+from shared.inputs import KNOWN_PARSERS
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    text: str
+    score: float | None = None
+    error: str | None = None
+    """The reason code the result must carry (the part before the colon)."""
+    candidates: list[float] | None = None
+    options: dict = field(default_factory=dict)
+
+
+def judge(text: str) -> str:
+    return dedent(text).strip("\n")
+
+
+LONG_JUSTIFICATION = judge(
+    """
+    The essay explains the default mode network clearly and ties it to background processing.
+    It then introduces the generator-verifier gap, but only in passing; the reader is left to
+    infer why a cheap generator and an expensive critic make a loop worth running.
+    Economic moats appear in the final paragraph as an afterthought. The link between a
+    proprietary stream of daydreams and a durable advantage is asserted, not argued.
+    Overall the piece gets close to the daydreaming-loop idea without naming the feedback step.
+    """
+)
+
+# ---- the original pipeline's cases, read by both strategies ---------------------------------------
+
+ORIGINAL_CASES = [
+    Case("bold-score-line", "The essay is coherent.\n\n**SCORE: 8**", score=8),
+    Case("italic-score-line", "The essay is coherent.\n\n*SCORE: 8*", score=8),
+    Case("bold-label-colon-inside", "Some reasoning here.\n**Score:** 5", score=5),
+    Case("total-score-label", "Strong synthesis, weak on moats.\nTotal Score: 6", score=6),
+    Case("score-above-range", "The essay is excellent in every respect.\nSCORE: 12", error="out_of_range"),
+    Case("empty-text", "", error="empty_response"),
+    Case("whitespace-only", "  \n\n \t\n", error="empty_response"),
+]
+
+
+@pytest.mark.parametrize("parser", sorted(PARSERS))
+@pytest.mark.parametrize("case", ORIGINAL_CASES, ids=lambda c: c.id)
+def test_original_pipeline_cases_read_the_same_with_every_parser(case: Case, parser: str) -> None:
+    assert_reads(case, parser)
+
+
+# ---- in_last_line: the original contract -------------------------------------------------------
+
+IN_LAST_LINE_CASES = [
+    Case("three-digit-is-mean-of-digits", "Core 4, links 5, depth 6.\nScore: 456", score=5.0),
+    Case("comma-separated-digits-are-averaged", "Per criterion:\nScore: 4,5,6", score=5.0),
+    Case("exact-score-line-beats-labelled-line", "SCORE: 3\nFinal Score: 7 would be too generous", score=3),
+    Case(
+        "only-the-last-three-lines-are-read",
+        "Score: 7\n" + LONG_JUSTIFICATION,
+        error="no_score_found",
+    ),
+    Case("label-and-number-apart-is-not-read", "The essay is fine.\nSCORE:\n\n7", error="no_score_found"),
+    Case("decimal-accepted-as-in-the-original", "Reasoning.\nScore: 6.5", score=6.5),
+    Case("fraction-numerator-taken", "Solid work.\n**Final Score: 7/10**", score=7, options={"max_score": 10}),
+]
+
+
+@pytest.mark.parametrize("case", IN_LAST_LINE_CASES, ids=lambda c: c.id)
+def test_in_last_line(case: Case) -> None:
+    assert_reads(case, "in_last_line")
+
+
+def test_in_last_line_reports_the_lines_it_looked_at() -> None:
+    result = parse_score("Intro.\nBody.\n\n## Verdict\n**SCORE: 6**", parser="in_last_line")
+    assert result.lines_examined == ["Body.", "Verdict", "SCORE: 6"]
+
+
+# ---- final_verdict: a careful reader -------------------------------------------------------------
+
+FINAL_VERDICT_CASES = [
+    Case(
+        "total-above-a-long-justification",
+        "**Final Score: 6/9**\n\n" + LONG_JUSTIFICATION,
+        score=6,
+    ),
+    Case(
+        "total-above-a-list-of-omissions",
+        judge(
+            """
+            Score: 4
+
+            What the essay leaves out:
+            1. The critic never feeds results back into memory.
+            2. No mention of why background processing is cheap.
+            3. Economic moats are named but not connected.
+            """
+        ),
+        score=4,
+    ),
+    Case(
+        "sub-scores-then-total",
+        judge(
+            """
+            ## Evaluation
+            - Core concepts: 2/2
+            - Connections: 2/3
+            - Novelty score: 1/2
+            - Clarity: 2/2
+
+            **Total: 7/9**
+            """
+        ),
+        score=7,
+    ),
+    Case(
+        "intermediate-sum-then-final-score",
+        judge(
+            """
+            Core concepts are all present and the connections are mostly explicit.
+
+            3 (Core) + 2 (Connections) = 5/10
+
+            Final Score: 5
+            """
+        ),
+        score=5,
+        options={"max_score": 10},
+    ),
+    Case(
+        "intermediate-sum-is-the-verdict-when-nothing-else-is-stated",
+        judge(
+            """
+            Core concepts present, connections partial.
+            3 (Core) + 2 (Connections) = 5/9
+            """
+        ),
+        score=5,
+    ),
+    Case(
+        "criterion-sums-are-not-the-total",
+        judge(
+            """
+            Core concepts: 1 + 2 = 3
+            Connections: 1 + 1 = 2
+            Total: 3 + 2 = 5
+            """
+        ),
+        score=5,
+    ),
+    Case(
+        "think-block-with-a-changed-mind",
+        judge(
+            """
+            <think>
+            The essay mentions the generator-verifier gap. Score: 5 seems right.
+            Wait, it also describes the feedback into memory in paragraph four. That is the key
+            step. I should go higher. Final Score: 8? Let me settle on 7.
+            </think>
+            The essay reaches the core idea, including the feedback step, but the moat argument
+            stays thin.
+
+            SCORE: 7
+            """
+        ),
+        score=7,
+    ),
+    Case(
+        "orphan-closing-think-tag",
+        "Score: 3, no wait, the critic is there.\n</think>\n\nThe loop is described.\nSCORE: 6",
+        score=6,
+    ),
+    Case(
+        "label-and-number-on-separate-lines",
+        "The essay covers the default mode network and the critic.\n\nSCORE:\n\n7",
+        score=7,
+    ),
+    Case(
+        "heading-label-then-bold-value",
+        "Good coverage of all three concepts.\n\n## Final Score\n\n**8/9**",
+        score=8,
+    ),
+    Case("score-after-a-worded-verdict", "Final Verdict: **Strong** — Score: 7", score=7),
+    Case("bold-label-only", "Reasonable but shallow.\n\n**SCORE**: 4", score=4),
+    Case("rounded-value-is-the-verdict", "Solid but derivative.\n\nScore: 6.5/9, rounded to 7", score=7),
+    Case(
+        "rounded-value-in-prose",
+        "Weighing the omissions, the essay earns 6.5 overall.\nFinal score: 6.5, which I round up to 7.",
+        score=7,
+    ),
+    Case(
+        "stated-value-kept-when-decimals-allowed",
+        "Solid but derivative.\n\nScore: 6.5/9, rounded to 7",
+        score=6.5,
+        options={"allow_decimals": True},
+    ),
+    Case(
+        "rounded-from-names-the-unrounded-value",
+        "The essay is close to complete.\nFinal Score: 7/9 (rounded from 6.8)",
+        score=7,
+    ),
+    Case(
+        "decimal-without-rounding-on-a-whole-number-scale",
+        "Close to the idea.\nFinal Score: 6.5",
+        error="out_of_range",
+    ),
+    Case(
+        "decimal-without-rounding-on-a-decimal-scale",
+        "Close to the idea.\nFinal Score: 6.5",
+        score=6.5,
+        options={"allow_decimals": True},
+    ),
+    Case(
+        "two-conflicting-totals",
+        "Score: 6\n\nThe connections are explicit and the loop is complete.\n\nScore: 8",
+        error="ambiguous",
+        candidates=[6, 8],
+    ),
+    Case(
+        "two-conflicting-final-scores",
+        "Final Score: 5\n\nOn the other hand the writing is clear.\n\nFinal Score: 7",
+        error="ambiguous",
+        candidates=[5, 7],
+    ),
+    Case(
+        "explicit-revision-wins",
+        "Score: 6\n\nOn reflection, the feedback step is there in paragraph four, so I revise upward.\nScore: 8",
+        score=8,
+    ),
+    Case(
+        "final-label-beats-an-earlier-plain-score",
+        "Score: 6 for now; see below.\n" + LONG_JUSTIFICATION + "\n\nFinal Score: 7",
+        score=7,
+    ),
+    Case("total-restated-at-the-end", "Score: 5\n\n" + LONG_JUSTIFICATION + "\n\nSCORE: 5", score=5),
+    Case("no-number-anywhere", LONG_JUSTIFICATION, error="no_score_found"),
+    Case(
+        "numbered-list-is-not-a-score",
+        judge(
+            """
+            Strengths:
+            1. Names the default mode network.
+            2. Explains the critic.
+            3. Ties daydreams to a data moat.
+            4. Proposes a budget for background compute.
+            """
+        ),
+        error="no_score_found",
+    ),
+    Case(
+        "years-are-not-scores",
+        judge(
+            """
+            The essay cites the 2023 work on generator-verifier gaps and a 2019 survey.
+            It was clearly written with 2024 models in mind.
+
+            Score: 6
+            """
+        ),
+        score=6,
+    ),
+    Case("a-year-alone-is-not-a-verdict", "Published in 2023 by the lab.\nThe essay is fine.", error="no_score_found"),
+    Case(
+        "markdown-table-of-criteria-with-total-row",
+        judge(
+            """
+            | Criterion | Score | Notes |
+            |---|---|---|
+            | Core concepts | 3/3 | all present |
+            | Connections | 2/3 | moat link weak |
+            | Novelty | 1/3 | familiar framing |
+            | **Total** | **6/9** | |
+            """
+        ),
+        score=6,
+    ),
+    Case(
+        "markdown-table-of-criteria-then-score-line",
+        judge(
+            """
+            | Criterion | Points |
+            |-----------|--------|
+            | Core concepts | 2 |
+            | Connections | 3 |
+
+            SCORE: 5
+            """
+        ),
+        score=5,
+    ),
+    Case(
+        "markdown-table-without-total-has-no-verdict",
+        "| Criterion | Score |\n|---|---|\n| Core concepts | 2 |\n| Connections | 3 |",
+        error="no_score_found",
+    ),
+    Case(
+        "criterion-scores-only-have-no-verdict",
+        "Core concepts: 2/2\nConnections: 3/3\nNovelty score: 1/2",
+        error="no_score_found",
+    ),
+    Case(
+        "first-person-verdict",
+        "The essay nearly reinvents the loop but misses the memory write-back.\nI would give this essay a 6.",
+        score=6,
+    ),
+    Case(
+        "first-person-criterion-score-is-not-the-verdict",
+        "I'd give it 2/2 for core concepts and 1/3 for connections.\nOverall score: 5",
+        score=5,
+    ),
+    Case("verdict-in-a-sentence", "Taking everything into account, my final score is 7.", score=7),
+    Case("boxed-answer", "The loop is described end to end.\n\nFinal answer: $\\boxed{8}$", score=8),
+    Case("score-out-of-n-in-words", "Clear and complete.\nFinal Rating: 8 out of 9", score=8),
+    Case(
+        "rubric-echo-before-the-score",
+        "Score 0-9, where 9 means the idea is fully reinvented.\n\nThe essay is partial.\nSCORE: 4",
+        score=4,
+    ),
+    Case(
+        "scale-stated-in-the-label",
+        "Partial coverage.\nTotal Score (out of 9): 5",
+        score=5,
+    ),
+    Case(
+        "fraction-on-another-scale-is-not-rescaled",
+        "Close to the idea.\n\n**Final Score: 7/10**",
+        error="scale_mismatch",
+    ),
+    Case(
+        "fraction-on-the-template-scale",
+        "Close to the idea.\n\n**Final Score: 7/10**",
+        score=7,
+        options={"max_score": 10},
+    ),
+    Case("percent-is-another-scale", "Mostly there.\nOverall: 70%", error="scale_mismatch"),
+    Case("range-is-not-a-score", "Somewhere between good and very good.\nScore: 6-7", error="no_score_found"),
+    Case("bare-number-on-the-last-line", "The essay is good but incomplete.\n\n**6/9**", score=6),
+    Case("dash-after-verdict-label", "Verdict - 3\n\nThe essay misses the critic entirely.", score=3),
+    Case(
+        "only-think-block-is-not-read",
+        "<think>\nThe essay is decent. Score: 6. Hmm, maybe 7.\n</think>",
+        error="no_score_found",
+    ),
+    Case(
+        "unterminated-think-block-is-not-read",
+        "<think>\nFirst pass: the essay names all three concepts. Tentative score: 7.\nBut the",
+        error="no_score_found",
+    ),
+    Case(
+        "answer-before-an-unterminated-think-is-read",
+        "SCORE: 5\n<think>\nLet me double check the moat argument, it might be worth",
+        score=5,
+    ),
+    Case(
+        "zero-is-a-score",
+        "None of the concepts are connected; the essay is about something else.\nSCORE: 0",
+        score=0,
+    ),
+    Case("top-of-scale-is-a-score", "Everything is there, feedback loop included.\nSCORE: 9", score=9),
+    Case("three-digit-is-not-averaged", "Per criterion.\nScore: 456", error="out_of_range"),
+]
+
+
+@pytest.mark.parametrize("case", FINAL_VERDICT_CASES, ids=lambda c: c.id)
+def test_final_verdict(case: Case) -> None:
+    assert_reads(case, "final_verdict")
+
+
+def test_final_verdict_is_the_default() -> None:
+    assert parse_score("SCORE:\n\n7").parser == "final_verdict"
+    assert parse_score("SCORE:\n\n7").score == 7
+
+
+def test_ambiguous_lists_the_candidates_in_the_error() -> None:
+    result = parse_score("Score: 6\n\nScore: 8")
+    assert result.error == "ambiguous: 6, 8"
+    assert result.reason == "ambiguous"
+    assert result.lines_examined == ["Score: 6", "Score: 8"]
+
+
+def test_lines_examined_are_the_lines_that_state_the_verdict() -> None:
+    text = "Core concepts: 2/2\n\nFinal Score: 5\n\nThe moat argument is thin."
+    assert parse_score(text).lines_examined == ["Final Score: 5"]
+
+
+def test_no_score_shows_the_tail_of_the_answer() -> None:
+    result = parse_score(LONG_JUSTIFICATION)
+    assert result.lines_examined == LONG_JUSTIFICATION.splitlines()[-3:]
+
+
+def test_only_reasoning_says_so_and_shows_its_tail() -> None:
+    result = parse_score("<think>\nIt is decent.\nScore: 6\n</think>")
+    assert result.error is not None and "<think>" in result.error
+    assert result.lines_examined[-1] == "Score: 6"
+
+
+def test_scale_mismatch_names_the_fix() -> None:
+    result = parse_score("Final Score: 7/10", max_score=9)
+    assert result.score is None
+    assert result.error == "scale_mismatch: judge wrote 7/10 but the template's max_score is 9"
+
+
+def test_out_of_range_names_the_range() -> None:
+    assert parse_score("SCORE: 12").error == "out_of_range: 12 is outside 0..9"
+
+
+@pytest.mark.parametrize("parser", sorted(PARSERS))
+def test_a_score_comes_without_an_error_and_an_error_without_a_score(parser: str) -> None:
+    for case in ORIGINAL_CASES:
+        result = parse_score(case.text, parser=parser)
+        assert (result.score is None) != (result.error is None)
+
+
+def test_a_very_long_answer_is_read_in_linear_time() -> None:
+    """The parser service reads every answer; one rambling judge must not stall it."""
+    paragraph = "The essay weighs 2023 results, score components and totals against the rubric. " * 1600
+    started = time.perf_counter()
+    result = parse_score((paragraph + "\n") * 5 + "SCORE: 7")
+    assert result.score == 7
+    assert time.perf_counter() - started < 10
+
+
+def test_unknown_parser_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="final_verdict, in_last_line"):
+        parse_score("SCORE: 5", parser="last_number")
+
+
+def test_the_parser_service_knows_exactly_the_parsers_input_validation_accepts() -> None:
+    """A template that passes validation must not fail at scoring time, and no parser may be unreachable."""
+    assert set(PARSERS) == set(KNOWN_PARSERS)
+    assert DEFAULT_PARSER in PARSERS
+
+
+def test_result_is_immutable() -> None:
+    result = parse_score("SCORE: 5")
+    with pytest.raises(ValidationError):
+        result.score = 9  # type: ignore[misc]
+
+
+def assert_reads(case: Case, parser: str) -> None:
+    result = parse_score(case.text, parser=parser, **case.options)
+    assert isinstance(result, ScoreResult)
+    assert result.parser == parser
+    if case.error is None:
+        assert (result.score, result.error) == (case.score, None), result
+    else:
+        assert result.score is None, result
+        assert result.reason == case.error, result
+    if case.candidates is not None:
+        assert result.candidates == case.candidates

@@ -1,0 +1,133 @@
+"""`rebuild` recreates the database and the cross-experiment CSVs from artifacts alone, and `check`
+finds what disagrees, each with its fix."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from daydream.cli import app
+from services.tracker.check import check as find_problems
+from services.tracker.db import make_engine
+from services.tracker.rebuild import RebuildError
+from services.tracker.rebuild import rebuild as rebuild_from_artifacts
+from services.tracker.recorder import Tracker
+from services.tracker.tables import GenerationResult
+from tests.unit.test_tracker_recorder import FakeExperiment, csv_keys, deliver, dump_tables
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> tuple[Path, Tracker, FakeExperiment]:
+    """Two experiments sharing task ids (the second with fresh texts but the same judge answers),
+    two failures later resolved and one still open."""
+    data_dir = tmp_path / "data"
+    tracker = Tracker(data_dir, make_engine(f"sqlite:///{data_dir / 'daydream.db'}"))
+    first = FakeExperiment("exp1")
+    second = FakeExperiment("exp2", text_suffix=" again", start=first.start + timedelta(days=1))
+    for event in [*first.events(), *second.events()]:
+        deliver(tracker, event)
+    deliver(tracker, second.failure(second.evaluations[0].task, second.start))
+    deliver(tracker, first.failure(first.generations[1].task, first.start + timedelta(days=3), reason="timeout"))
+    never_done = first.evaluations[0].task.model_copy(update={"task_id": "never_done"})
+    deliver(tracker, first.failure(never_done, first.start + timedelta(days=4), reason="bad_request"))
+    yield data_dir, tracker, first
+    tracker.engine.dispose()
+
+
+def run(data_dir: Path, command: str):
+    return CliRunner().invoke(app, [command, "--data", str(data_dir)], env={"COLUMNS": "300"})
+
+
+def test_rebuild_after_losing_the_database_reproduces_every_row(recorded) -> None:
+    data_dir, tracker, _ = recorded
+    before = dump_tables(tracker.engine)
+    csv_before = {stage: csv_keys(data_dir, stage) for stage in ("generation", "evaluation")}
+    tracker.engine.dispose()
+    for path in data_dir.glob("daydream.db*"):
+        path.unlink()
+    (data_dir / "7_cross_experiment" / "evaluation_results.csv").unlink()
+
+    outcome = run(data_dir, "rebuild")
+
+    assert outcome.exit_code == 0, outcome.output
+    assert "8 generations, 16 evaluations, 16 scores, 3 failures" in outcome.output
+    engine = make_engine(f"sqlite:///{data_dir / 'daydream.db'}")
+    assert dump_tables(engine) == before
+    assert {stage: csv_keys(data_dir, stage) for stage in ("generation", "evaluation")} == csv_before
+    rebuilt = Tracker(data_dir, engine)
+    assert rebuilt.progress("exp2").finished
+    assert [task.task_id for task in rebuilt.failed_tasks("exp1")] == ["never_done"]
+
+
+def test_rebuild_stops_on_an_unreadable_artifact_and_keeps_the_database(recorded) -> None:
+    data_dir, tracker, first = recorded
+    broken = data_dir / "3_generation" / "generation_responses" / f"{first.generations[0].task.task_id}.json"
+    broken.write_text("{ not json")
+    with pytest.raises(RebuildError, match=str(broken)):
+        rebuild_from_artifacts(data_dir, tracker.engine)
+    assert len(dump_tables(tracker.engine)["generation_results"]) == 8
+    assert run(data_dir, "rebuild").exit_code == 2
+
+
+def test_check_is_clean_after_a_normal_run(recorded) -> None:
+    data_dir, tracker, _ = recorded
+    assert find_problems(data_dir, tracker.engine) == []
+    outcome = run(data_dir, "check")
+    assert outcome.exit_code == 0 and "clean" in outcome.output
+
+
+def test_check_finds_a_deleted_artifact_and_says_how_to_fix_it(recorded) -> None:
+    data_dir, tracker, first = recorded
+    evaluation = first.evaluations[0].task
+    (data_dir / "4_evaluation" / "evaluation_responses" / f"{evaluation.task_id}.txt").unlink()
+
+    problems = find_problems(data_dir, tracker.engine)
+
+    assert [(p.kind, p.fix) for p in problems] == [
+        ("missing_artifact", f"`daydream rerun {experiment} --task {evaluation.generation_task_id}`")
+        for experiment in ("exp1", "exp2")
+    ]
+    outcome = run(data_dir, "check")
+    assert outcome.exit_code == 1
+    assert f"{evaluation.task_id}.txt is gone" in outcome.output
+
+
+def test_check_finds_orphans_unrecorded_artifacts_and_duplicate_lines(recorded) -> None:
+    data_dir, tracker, first = recorded
+    lost = first.generations[0].task.task_id
+    with Session(tracker.engine) as session:
+        session.delete(
+            session.exec(
+                select(GenerationResult).where(
+                    GenerationResult.task_id == lost, GenerationResult.experiment_id == "exp1"
+                )
+            ).one()
+        )
+        session.commit()
+    csv_path = data_dir / "7_cross_experiment" / "generation_results.csv"
+    csv_path.write_text(csv_path.read_text() + csv_path.read_text().splitlines()[1] + "\n")
+
+    problems = find_problems(data_dir, tracker.engine)
+
+    kinds = sorted(problem.kind for problem in problems)
+    assert kinds == ["duplicate", "orphan", "orphan", "unrecorded_artifact"]
+    orphan = next(problem for problem in problems if problem.kind == "orphan")
+    assert lost in orphan.detail and "daydream rebuild" in orphan.fix and f"--task {lost}" in orphan.fix
+    assert all("daydream rebuild" in problem.fix for problem in problems if problem.kind != "orphan")
+
+    assert run(data_dir, "rebuild").exit_code == 0
+    assert run(data_dir, "check").exit_code == 0
+
+
+def test_rebuild_leaves_a_foreign_cross_experiment_csv_alone(recorded) -> None:
+    data_dir, tracker, _ = recorded
+    foreign = data_dir / "7_cross_experiment" / "evaluation_results.csv"
+    foreign.write_text("generation_task_id,score\nold_task,6\n")
+    with pytest.raises(RebuildError, match="move it aside"):
+        rebuild_from_artifacts(data_dir, tracker.engine)
+    assert foreign.read_text() == "generation_task_id,score\nold_task,6\n"
+    assert len(dump_tables(tracker.engine)["evaluation_results"]) == 16
