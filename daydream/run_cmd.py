@@ -1,0 +1,159 @@
+"""`daydream run` (one command: stack, publish, live progress, results), `up` and `down`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from daydream import options
+from daydream.publish_cmd import prepare_experiment, publish_experiment
+from daydream.stack import STATE_FILE, EmbeddedStack, StackState, stop_detached
+from services.tracker.db import make_engine
+from services.tracker.recorder import PROGRESS_STAGES, Tracker
+from services.tracker.recorder import Progress as ExperimentProgress
+from services.tracker.summaries import render_results_table, write_results
+from shared.events import TierSpec
+from shared.settings import OPENROUTER_BASE_URL, Settings
+
+console = Console()
+SIMULATED_NOTICE = (
+    "[yellow]No OPENROUTER_API_KEY and no DAYDREAM_LLM_BASE_URL: responses are SIMULATED by the "
+    "built-in fake LLM.[/] Set OPENROUTER_API_KEY (or DAYDREAM_LLM_BASE_URL for any OpenAI-compatible "
+    "endpoint) in the environment or .env to call real models."
+)
+
+
+def wants_fake_llm(settings: Settings) -> bool:
+    return settings.llm_api_key is None and settings.llm_base_url == OPENROUTER_BASE_URL
+
+
+def start_stack(data: Path, settings: Settings, tiers: list[TierSpec] | None) -> EmbeddedStack:
+    """nats-server first, the topology shaped to the experiment's tiers (so workers size
+    themselves right), then the services."""
+    stack = EmbeddedStack(data, llm_base_url=None if wants_fake_llm(settings) else settings.llm_base_url,
+                          fake_llm_latency=settings.fake_llm_latency_s)
+    stack.start_nats()
+    if wants_fake_llm(settings):
+        stack.start_fake_llm()
+        console.print(SIMULATED_NOTICE)
+    if tiers:
+        stack.declare_topology(settings, tiers)
+    stack.start_services()
+    return stack
+
+
+def follow(tracker: Tracker, experiment_id: str, stack: EmbeddedStack | None, poll_s: float = 0.3) -> ExperimentProgress:
+    """Live bars per stage until every planned task is done, failed or skipped."""
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[failed]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bars:
+        ids = {stage: bars.add_task(stage, total=None, failed="") for stage in PROGRESS_STAGES}
+        summary = bars.add_task("cost", total=None, failed="", visible=True)
+        while True:
+            progress = tracker.progress(experiment_id)
+            for stage, task_id in ids.items():
+                state = progress.stages[stage]
+                failed = state.failed + state.skipped
+                bars.update(task_id, total=state.planned, completed=state.done + failed,
+                            failed=f"[red]{failed} failed[/]" if failed else "")
+            bars.update(summary, description="tokens/cost",
+                        failed=f"{progress.prompt_tokens + progress.completion_tokens} tokens, ${progress.cost_usd:.4f}")
+            if progress.finished:
+                return progress
+            if stack:
+                _check_alive(stack)
+            time.sleep(poll_s)
+
+
+def _check_alive(stack: EmbeddedStack) -> None:
+    dead = stack.dead_services()
+    if dead:
+        raise RuntimeError(f"service(s) {', '.join(dead)} stopped; logs in {stack.logs}")
+
+
+def report(tracker: Tracker, engine, data: Path, progress: ExperimentProgress) -> int:
+    experiment_id = progress.experiment_id
+    files = write_results(engine, data, experiment_id)
+    console.print(render_results_table(engine, experiment_id))
+    console.print(f"results: {', '.join(str(f) for f in files)}")
+    console.print(f"artifacts: {data / '3_generation'}, {data / '4_evaluation'}; "
+                  f"cross-experiment tables: {data / '7_cross_experiment'}")
+    # Scoring's skips are the evaluations that never answered: already counted under evaluation.
+    failed = sum(s.failed + s.skipped for s in progress.stages.values() if s.stage != "scoring")
+    failed += progress.stages["scoring"].failed
+    if not failed:
+        return 0
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in progress.failures_by_reason.items())
+    console.print(f"[red]{failed} task(s) did not complete[/] ({reasons}).")
+    console.print(f"retry them with: daydream rerun {experiment_id} --failed --data {data}")
+    return 1
+
+
+def run(
+    data: Path = options.DATA,
+    experiment_id: str | None = options.EXPERIMENT_ID,
+    k_max: int | None = options.K_MAX,
+    level: str | None = options.LEVEL,
+    replicates: int | None = options.REPLICATES,
+    fresh: bool = options.FRESH,
+) -> None:
+    """Run an experiment end to end on an embedded stack, with live progress, then print results."""
+    settings = Settings(data=data)
+    spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated)
+    running = StackState.load(data)
+    running = running if running and running.alive() else None
+    stack = None
+    try:
+        if running:
+            console.print(f"using the stack started by `daydream up` at {running.nats_url}")
+            nats_url = running.nats_url
+        else:
+            stack = start_stack(data, settings, spec.tiers)
+            nats_url = stack.nats_url
+        engine = make_engine(settings.sqlalchemy_url())
+        tracker = Tracker(data, engine)
+        asyncio.run(publish_experiment(settings.model_copy(update={"nats_url": nats_url}), spec))
+        console.print(f"experiment [bold]{spec.experiment_id}[/] published")
+        progress = follow(tracker, spec.experiment_id, stack)
+    except KeyboardInterrupt:
+        console.print(f"\n[yellow]interrupted.[/] Resume with: daydream run --experiment-id {spec.experiment_id} --data {data}")
+        raise typer.Exit(130) from None
+    finally:
+        if stack:
+            with console.status("stopping the stack"):
+                stack.stop()
+    raise typer.Exit(report(tracker, engine, data, progress))
+
+
+def up(data: Path = options.DATA) -> None:
+    """Start the embedded stack and leave it running for repeated `publish` / `run`."""
+    settings = Settings(data=data)
+    previous = StackState.load(data)
+    if previous and previous.alive():
+        console.print(f"a stack is already running for {data} (see {data / STATE_FILE})")
+        return
+    if previous:
+        stop_detached(previous)
+    stack = start_stack(data, settings, tiers=None)
+    state = stack.state()
+    state.save(data)
+    console.print(f"stack up: NATS_URL={stack.nats_url}")
+    for name, target in state.metrics_targets().items():
+        console.print(f"  {name:<10} http://{target}/metrics")
+    console.print(f"publish with: NATS_URL={stack.nats_url} daydream publish --data {data}   (or just daydream run)")
+
+
+def down(data: Path = options.DATA) -> None:
+    """Stop the stack started by `daydream up`."""
+    state = StackState.load(data)
+    if not state:
+        console.print(f"no running stack for {data}")
+        return
+    stop_detached(state)
+    (data / STATE_FILE).unlink(missing_ok=True)
+    console.print("stack stopped")
