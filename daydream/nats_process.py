@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -11,8 +12,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port to listen on, chosen outside the kernel's ephemeral range and never
+    handed out twice by this process. A port taken from `bind(0)` lies in the range the kernel
+    also gives outgoing connections, so between choosing it and a service binding it (seconds,
+    while the service imports) another process's NATS connection can take it; and two services
+    started together could be given the same one."""
+    ephemeral = _ephemeral_range()
+    candidates = [port for port in range(10000, 30000) if port not in ephemeral and port not in _handed_out]
+    for port in random.sample(candidates, len(candidates)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # the ephemeral range covers everything: take what the kernel gives
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

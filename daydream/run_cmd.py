@@ -106,7 +106,10 @@ def run(
     settings = Settings(data=data)
     spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated)
     running = StackState.load(data)
-    running = running if running and running.alive() else None
+    if running and not running.alive():
+        console.print(f"[yellow]the stack from `daydream up` ({data / STATE_FILE}) has lost "
+                      f"{', '.join(running.gone())}[/]: starting a private one; `daydream down` stops what is left")
+        running = None
     stack = None
     try:
         if running:

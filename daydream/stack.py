@@ -47,9 +47,16 @@ class StackState:
             return None
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
+    def gone(self) -> list[str]:
+        """The processes of this stack that are no longer running."""
+        processes = {"nats-server": self.nats_pid, **{name: s["pid"] for name, s in self.services.items()}}
+        if self.fake_llm_pid:
+            processes["fake-llm"] = self.fake_llm_pid
+        return [name for name, pid in processes.items() if not _alive(pid)]
+
     def alive(self) -> bool:
         """Every process still up: a stack missing one is not used, only stopped."""
-        return _alive(self.nats_pid) and all(_alive(s["pid"]) for s in self.services.values())
+        return not self.gone()
 
     def metrics_targets(self) -> dict[str, str]:
         return {name: f"127.0.0.1:{info['metrics_port']}" for name, info in self.services.items()}
