@@ -6,12 +6,15 @@ from pathlib import Path
 
 import typer
 
-from services.parser.scoring import DEFAULT_PARSER, PARSERS, ScoreResult, parse_score
+from services.parser.scoring import DEFAULT_MAX_SCORE, DEFAULT_PARSER, PARSERS, ScoreResult, find_parser, parse_score
 
 
 def _check_parser(name: str) -> str:
-    if name not in PARSERS:
-        raise typer.BadParameter(f"unknown parser {name!r}; valid parsers: {', '.join(sorted(PARSERS))}")
+    """Fail before reading any file, as a usage error."""
+    try:
+        find_parser(name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     return name
 
 
@@ -26,7 +29,7 @@ def score(
     parser: str = typer.Option(
         DEFAULT_PARSER, "--parser", callback=_check_parser, help=f"One of: {', '.join(sorted(PARSERS))}."
     ),
-    max_score: int = typer.Option(9, "--max-score", min=1, help="Top of the template's scale."),
+    max_score: int = typer.Option(DEFAULT_MAX_SCORE, "--max-score", min=1, help="Top of the template's scale."),
     allow_decimals: bool = typer.Option(
         False, "--allow-decimals", help="The scale accepts decimal scores such as 6.5."
     ),

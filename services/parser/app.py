@@ -3,6 +3,7 @@
 from faststream.nats import NatsMessage
 
 from services.parser.evaluation import score_evaluation
+from services.parser.scoring import reason_code
 from shared import metrics
 from shared.events import EVALUATION_SCORED, EvaluationDone, message_id
 from shared.service import decode, jetstream, make_app, make_broker, publish, subscribe
@@ -16,7 +17,7 @@ broker = make_broker(settings)
 async def score(msg: NatsMessage) -> None:
     done = await decode(broker, msg, EvaluationDone, stage="scoring")
     scored = score_evaluation(done)
-    metrics.observe_score(scored.parser, "ok" if scored.score is not None else scored.parse_error.split(":")[0])
+    metrics.observe_score(scored.parser, reason_code(scored.parse_error) or "ok")
     await publish(broker, EVALUATION_SCORED, scored, message_id("scored", done.task.experiment_id, done.task.task_id))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,8 +31,12 @@ class ScoreResult(BaseModel):
 
     @property
     def reason(self) -> str | None:
-        """The bare reason code, for counting failures by kind."""
-        return self.error.split(":", 1)[0] if self.error else None
+        return reason_code(self.error)
+
+
+def reason_code(error: str | None) -> str | None:
+    """The bare reason of an error (`ambiguous` of `ambiguous: 6, 8`), for counting failures by kind."""
+    return error.split(":", 1)[0] if error else None
 
 
 ScoreParser = Callable[..., ScoreResult]
@@ -99,7 +103,7 @@ _FINAL, _OVERALL, _INTERMEDIATE = 3, 2, 1
 beats arithmetic (`3 + 2 = 5`) or a bare number on the last line."""
 
 _FINAL_LABEL = (
-    r"(?:final|revised|updated)\s+(?:overall\s+|total\s+)?"
+    r"(?:final|revised|updated|corrected|adjusted)\s+(?:overall\s+|total\s+)?"
     r"(?:score|rating|grade|verdict|mark|evaluation|assessment|answer|total)"
 )
 _OVERALL_LABEL = r"(?:overall|total)\s+(?:score|rating|grade|mark)|score|total|overall|verdict|rating|grade"
@@ -109,40 +113,88 @@ _WORDS_BEFORE_AN_OVERALL_LABEL = {"the", "my", "our", "a", "an", "this", "its", 
 """Any other word right before `score` names a criterion (`Novelty score: 3`): a sub-score."""
 
 _PARENTHETICAL = r"\([^()]*\)"
+_SCALE_NOTE = r"\(\s*(?:out\s+of\s*|/\s*|\d+\s*(?:[-–]|to)\s*)(?P<scale>\d+)\s*\)"
+"""The scale named between label and value: `Score (out of 10): 8`, `Score (0-10): 8`."""
 _SUM = rf"(?:{NUMBER}\s*(?:{_PARENTHETICAL}\s*)?\+\s*)+{NUMBER}\s*(?:{_PARENTHETICAL}\s*)?=\s*"
 _VALUE = (
     rf"\[?(?P<number>{NUMBER})(?!\.?\d|\s*(?:[-–]|to)\s*\d|\s*(?:{_PARENTHETICAL}\s*)?\+)\]?"
-    rf"(?:\s*(?:/|out\s+of)\s*(?P<denominator>\d+)|\s*(?P<percent>%))?"
+    rf"(?:\s*\(?\s*(?:/|out\s+of)\s*(?P<denominator>\d+)\s*\)?|\s*(?P<percent>%))?"
 )
 _AFTER_LABEL = re.compile(
-    rf"\s*(?:{_PARENTHETICAL}\s*)?(?P<separator>[:=\-–—]|\bis\b|\bof\b|\bwas\b)?\s*(?:an?\s+)?"
+    rf"\s*(?:{_SCALE_NOTE}\s*|{_PARENTHETICAL}\s*)?(?P<separator>[:=\-–—]|\bis\b|\bof\b|\bwas\b)?\s*(?:an?\s+)?"
     rf"(?P<sum>{_SUM})?{_VALUE}",
     re.IGNORECASE,
 )
+_LISTED_VALUE = re.compile(rf"\s*,\s*{_VALUE}(?=\s*(?:,|[.!]?$))", re.IGNORECASE)
+"""`Score: 4,5,6` states three values, not the first one: each is a candidate."""
 _FIRST_PERSON_VERDICT = re.compile(
-    r"\b(?:I|I'd|I'll|we)\b(?:\s+(?:would|will|can|must|therefore|thus|now))*\s+(?:give|rate|award|assign)\b"
+    r"\b(?:I|I'd|I'll|we)\b(?:\s+(?:would|will|can|must|therefore|thus|now|actually|instead))*"
+    r"\s+(?:give|rate|award|assign)\b"
     r"(?:\s+(?:it|this|the)(?:\s+(?!a\b|an\b|\d)\w+)?)?\s+(?:a\s+(?:score|rating|grade)\s+of\s+|an?\s+)?"
     rf"{_VALUE}",
     re.IGNORECASE,
 )
+_CHANGE = (
+    r"\b(?:lower|rais|reduc|increas|bump|drop|adjust|chang|revis)\w*\s+(?:(?:it|this|that|my|the)\s+)?"
+    r"(?:(?:score|rating|grade|mark|verdict)\s+)?(?:(?:down|up)\s+)?to"
+)
+"""`lower this to 5`, `raise my score to 7`, `make that a 6`: a revision that names its new value."""
+_CHANGED_TO = re.compile(rf"(?:{_CHANGE}|\bmake\s+(?:it|that|this))\s+(?:an?\s+)?{_VALUE}", re.IGNORECASE)
 _FOR_A_CRITERION = re.compile(r"for\s+(?!this\b|the\s+(?:essay|response|answer|text)\b)\w", re.IGNORECASE)
 """`Score: 2/2 for core concepts` scores one criterion."""
-_ARITHMETIC = re.compile(rf"{_SUM}{_VALUE}", re.IGNORECASE)
+_COUNTED = re.compile(
+    r"(?!(?:because|since|as|given|after|for|overall|but|instead)\b"
+    r"|(?:is|seems)\s+(?:fair|appropriate|warranted|justified|deserved)\s*(?:[.!,;]|$))[a-z]",
+    re.IGNORECASE,
+)
+"""A word right after a value makes it a count or a hypothesis (`The total is 3 concepts`, `a total
+of 2 of the 3`, `A score of 9 would require…`), unless it joins a reason on (`7 because…`) or
+endorses the value and stops (`A score of 7 is fair.`). After a colon (`Score: 7 concepts…`) the
+value is still read as a score."""
+_TENTATIVE = re.compile(
+    r"\b(?:first\s+impression|initial(?:ly)?|at\s+first|originally|tentative(?:ly)?|preliminary|provisional(?:ly)?)\b",
+    re.IGNORECASE,
+)
+"""A score the judge says it held before (`My first impression was a score of 5`) is not its verdict."""
+_ADJUSTMENT = re.compile(
+    r"\s*[,;(]?\s*(?:(?:but|then|and|with|after|before)\s+)?"
+    r"(?:[-+−]\s*\d|->|→|=>|⇒|(?:deduct|subtract|minus|penal|bonus|plus)\w*)",
+    re.IGNORECASE,
+)
+"""Working right after a value (`6/9 -> 7/9`, `7, but deducting 2`, `8/9 - 2 (penalty)`): the value is
+where the judge started, not where it ended."""
+_ADJUSTED_RESULT = re.compile(
+    r"(?:=>|->|=|→|⇒|\b(?:final(?:ly)?|total|score|net|so|leaving|leaves|giving|gives|making\s+it|(?:down|up)\s+to)\b)"
+    rf"(?:\s+(?:score|total|mark|rating|grade))?\s*(?:[:=]|\bis\b|\bof\b)?\s*(?:an?\s+)?{_VALUE}",
+    re.IGNORECASE,
+)
+"""Where such working ends: the last `= 6/9`, `-> 7/9` or `final 5` on the line."""
+_ARITHMETIC = re.compile(rf"(?P<sum>{_SUM}){_VALUE}", re.IGNORECASE)
 _BARE_VALUE = re.compile(rf"{_VALUE}\s*[.!]?", re.IGNORECASE)
+_BARE_LAST_LINE = re.compile(rf"(?!\[){_VALUE}\s*[.!]?", re.IGNORECASE)
+"""A number alone on the last line, but not a footnote marker such as `[1]`."""
 _BOXED = re.compile(rf"\\boxed\{{\s*{_VALUE}\s*\}}", re.IGNORECASE)
 _ROUNDING = re.compile(
     rf"\bround(?:ed|s|ing)?(?:\s+(?:it|this|that))?(?:\s+(?:up|down))?\s+to\s+(?:an?\s+)?(?P<rounded>{NUMBER})",
     re.IGNORECASE,
 )
 _REVISION = re.compile(
-    r"\b(?:revis\w*|actually|on\s+(?:second\s+thought|reflection)|reconsider\w*|upon\s+(?:further\s+)?"
-    r"reflection|correct(?:ion|ed)|adjust\w*|chang\w+\s+(?:my|the)\s+(?:score|mind)|instead)\b",
+    r"\b(?:on|upon)\s+(?:second\s+thoughts?|(?:further\s+)?reflection|re-?reading|closer\s+(?:look|reading))"
+    r"|\bI\s+(?:\w+\s+)?revise\b|\brevis(?:ed|ing)\s+(?:my\s+|the\s+)?(?:score|rating|grade|verdict|assessment)"
+    r"|\b(?:I\s+(?:have\s+)?|after\s+|upon\s+|on\s+)reconsider\w*|\bchang\w*\s+my\s+(?:score|mind|rating)"
+    r"|\bI\s+(?:overlooked|missed|misread|was\s+wrong)|\b(?:edit|correction|update)\s*:|\bwait\s*[,:;!—–-]"
+    r"|(?:^|[.!?:;—–]\s*)actually\b|\bI(?:'d|\s+would|\s+will)?\s+actually\b|\d\s+instead\b",
     re.IGNORECASE,
 )
+"""The judge changing its own mind (`On reflection`, `Edit:`, `Wait —`, `I would actually…`, `a 6
+instead`); prose about the essay (`the essay revises…`) is not one. A `_CHANGED_TO` statement is
+a revision too."""
 
 _NEARBY = 80
 """Characters around a value that can qualify it (`Novelty score`, `rounded to 7`); bounded so
 that a long paragraph full of the word `score` stays linear."""
+_WORKING_REACH = 2 * _NEARBY
+"""How far after a value its working (`, but deducting 2 for …, final 5`) may run."""
 
 _THINK_BLOCK = re.compile(r"<(think|thinking)>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
 _THINK_OPEN = re.compile(r"<think(?:ing)?>", re.IGNORECASE)
@@ -158,9 +210,17 @@ class _Statement:
     strength: int
     stated: float
     rounded: float | None
-    denominator: int | None
+    scales: tuple[int, ...]
+    """Every scale the judge named for this value (`/10`, `(out of 10)`, `%`)."""
     line: str
-    revises: bool
+    line_number: int
+    start: int
+    end: int
+    """Where the statement begins and its value ends, in the cleaned line."""
+    unsettled: bool = False
+    """The judge adjusted the value (`7, minus 1 for length`) without stating the result."""
+    revises: bool = False
+    """The statement itself changes the score (`I would lower this to 5`)."""
 
     def readings(self, allow_decimals: bool) -> list[float]:
         """What the judge may mean, preferred first: `6.5, rounded to 7` means 7 on a whole-number
@@ -191,18 +251,72 @@ def _split_reasoning(text: str) -> tuple[str, str]:
     return answer, "\n".join(reasoning)
 
 
-def _statement(match: re.Match[str], strength: int, line: str, revises: bool) -> _Statement:
+def _scales(match: re.Match[str]) -> tuple[int, ...]:
+    groups = match.groupdict()
+    named = tuple(int(groups[name]) for name in ("scale", "denominator") if groups.get(name))
+    return named + ((100,) if groups.get("percent") else ())
+
+
+def _statement(
+    match: re.Match[str],
+    strength: int,
+    line: str,
+    line_number: int,
+    *,
+    scales: tuple[int, ...] = (),
+    unsettled: bool = False,
+) -> _Statement:
     """`line` is what the report shows; a rounding is looked for after the value on its own line."""
-    denominator = match["denominator"]
     rounding = _ROUNDING.search(match.string[match.end() : match.end() + _NEARBY])
     return _Statement(
         strength=strength,
         stated=float(match["number"]),
         rounded=float(rounding["rounded"]) if rounding else None,
-        denominator=100 if match["percent"] else int(denominator) if denominator else None,
+        scales=scales + _scales(match),
         line=line,
-        revises=revises,
+        line_number=line_number,
+        start=match.start(),
+        end=match.end(),
+        unsettled=unsettled,
     )
+
+
+def _verdict_statement(
+    text: str,
+    value: re.Match[str],
+    start: int,
+    strength: int,
+    line_number: int,
+    *,
+    counts_allowed: bool = False,
+    revises: bool = False,
+) -> _Statement | None:
+    """What the statement from `start` to `value` says, or None when its context shows it is no
+    verdict: a criterion's score, a tentative one, or a count. Working after the value moves the
+    statement to its result. After a change, `for …` is its reason (`lower this to 5 for length`)."""
+    rest = _after(text, value)
+    sentence = re.split(r"[.!?;]\s", text[max(0, start - _NEARBY) : start])[-1]
+    if _TENTATIVE.search(sentence) or (not counts_allowed and _COUNTED.match(rest)):
+        return None
+    if _FOR_A_CRITERION.match(rest) and not revises:
+        return None
+    adjusted = _ADJUSTMENT.match(text, value.end())
+    reach = value.end() + _WORKING_REACH
+    results = [
+        result
+        for result in (_ADJUSTED_RESULT.finditer(text, value.end(), reach) if adjusted else ())
+        if not _COUNTED.match(_after(text, result))
+    ]
+    if results:
+        statement = _statement(results[-1], strength, text, line_number, scales=_scales(value))
+    else:
+        statement = _statement(value, strength, text, line_number, unsettled=adjusted is not None)
+    return replace(statement, start=start, revises=revises)
+
+
+def _after(text: str, match: re.Match[str]) -> str:
+    """What follows a value, as far as it can qualify it."""
+    return text[match.end() : match.end() + _NEARBY].lstrip()
 
 
 def _names_the_verdict(line: str, label: re.Match[str]) -> bool:
@@ -215,7 +329,7 @@ def _label_strength(label: re.Match[str]) -> int:
     return _FINAL if label["final"] else _OVERALL
 
 
-def _table_row_statements(line: str, revises: bool) -> list[_Statement]:
+def _table_row_statements(line: str, line_number: int) -> list[_Statement]:
     """A row whose first cell is an overall label (`| **Total** | 5/9 |`); criterion rows are
     sub-scores and are not read."""
     cells = [_clean(cell) for cell in line.strip().strip("|").split("|")]
@@ -225,11 +339,11 @@ def _table_row_statements(line: str, revises: bool) -> list[_Statement]:
     for cell in cells[1:]:
         value = _BARE_VALUE.fullmatch(cell)
         if value:
-            return [_statement(value, _label_strength(label), line.strip(), revises)]
+            return [_statement(value, _label_strength(label), line.strip(), line_number)]
     return []
 
 
-def _line_statements(line: str, revises: bool) -> list[_Statement]:
+def _line_statements(line: str, line_number: int) -> list[_Statement]:
     text = _clean(line)
     found: list[_Statement] = []
     taken_until = 0
@@ -239,59 +353,76 @@ def _line_statements(line: str, revises: bool) -> list[_Statement]:
         value = _AFTER_LABEL.match(text, label.end())
         if not value:
             continue
-        rest = text[value.end() :].strip()
-        if value["separator"] is None and value["sum"] is None and rest and rest[0].isalnum():
-            continue  # `Score 9 means ...` is a rubric echo, not a score
-        if _FOR_A_CRITERION.match(rest):
+        strength = _label_strength(label)
+        counts_allowed = value["separator"] in (":", "=") or value["sum"] is not None
+        statement = _verdict_statement(text, value, label.start(), strength, line_number, counts_allowed=counts_allowed)
+        if statement is None:
             continue
-        found.append(_statement(value, _label_strength(label), text, revises))
+        found.append(statement)
         taken_until = value.end()
-    for pattern, strength in ((_BOXED, _FINAL), (_FIRST_PERSON_VERDICT, _OVERALL)):
-        found += [
-            _statement(m, strength, text, revises)
-            for m in pattern.finditer(text)
-            if not _FOR_A_CRITERION.match(text[m.end() :].strip())
-        ]
+        while listed := _LISTED_VALUE.match(text, taken_until):
+            found.append(_statement(listed, strength, text, line_number))
+            taken_until = listed.end()
+    for pattern, strength in ((_BOXED, _FINAL), (_FIRST_PERSON_VERDICT, _OVERALL), (_CHANGED_TO, _OVERALL)):
+        for match in pattern.finditer(text):
+            revises = pattern is _CHANGED_TO
+            statement = _verdict_statement(text, match, match.start(), strength, line_number, revises=revises)
+            found += [statement] if statement else []
     if not found and ":" not in text:
-        found += [_statement(m, _INTERMEDIATE, text, revises) for m in _ARITHMETIC.finditer(text)]
+        for match in _ARITHMETIC.finditer(text):
+            statement = _verdict_statement(text, match, match.start(), _INTERMEDIATE, line_number)
+            found += [statement] if statement else []
     return found
 
 
-def _find_statements(answer: str) -> list[_Statement]:
+def _find_statements(lines: list[str]) -> list[_Statement]:
     """Every score statement in the answer, in reading order."""
-    lines = _non_empty_lines(answer)
     statements: list[_Statement] = []
-    for index, line in enumerate(lines):
-        revises = any(_REVISION.search(near) for near in lines[max(0, index - 1) : index + 1])
+    for number, line in enumerate(lines):
         if line.startswith("|"):
-            statements += _table_row_statements(line, revises)
+            statements += _table_row_statements(line, number)
             continue
-        statements += _line_statements(line, revises)
+        statements += _line_statements(line, number)
         label_only = _LABEL_ONLY.fullmatch(_clean(line))
-        if label_only and index + 1 < len(lines):
-            value = _BARE_VALUE.fullmatch(_clean(lines[index + 1]))
+        if label_only and number + 1 < len(lines):
+            value = _BARE_VALUE.fullmatch(_clean(lines[number + 1]))
             if value:
-                joined = f"{line} {lines[index + 1]}"
-                statements.append(_statement(value, _label_strength(label_only), joined, revises))
-    if lines and not statements:
-        last = _BARE_VALUE.fullmatch(_clean(lines[-1]))
+                joined = f"{line} {lines[number + 1]}"
+                statements.append(_statement(value, _label_strength(label_only), joined, number + 1))
+    if not statements:
+        last = _BARE_LAST_LINE.fullmatch(_clean(lines[-1]))
         if last:
-            statements.append(_statement(last, _INTERMEDIATE, lines[-1], False))
+            statements.append(_statement(last, _INTERMEDIATE, lines[-1], len(lines) - 1))
     return statements
 
 
-def _choose_verdict(statements: list[_Statement], allow_decimals: bool) -> tuple[list[_Statement], float | None]:
-    """The strongest statements, and the one value they all admit. A later statement that says it
-    revises the earlier ones wins; otherwise disagreement has no verdict."""
-    strongest = max(s.strength for s in statements)
-    chosen = [s for s in statements if s.strength == strongest]
+def _revisions(lines: list[str], statements: list[_Statement]) -> list[tuple[int, int]]:
+    """Where the judge changes its mind, as (line, offset in the cleaned line)."""
+    markers = [(number, m.start()) for number, line in enumerate(lines) for m in _REVISION.finditer(_clean(line))]
+    return markers + [(s.line_number, s.start) for s in statements if s.revises]
+
+
+def _choose_verdict(
+    statements: list[_Statement], revisions: list[tuple[int, int]], allow_decimals: bool
+) -> tuple[list[_Statement], float | None, str]:
+    """The statements that state the verdict, the one value they all admit (None if there is none)
+    and why there is none when it is not plain disagreement. A revision supersedes every statement
+    whose value it follows, however strongly labelled; a revision that states no new value leaves
+    no verdict rather than the superseded one."""
+    ends = [(s.line_number, s.end) for s in statements]
+    first_end = min(ends)
+    cut = max((revision for revision in revisions if revision > first_end), default=None)
+    current = [s for s, end in zip(statements, ends) if cut is None or end > cut]
+    considered = current or statements
+    strongest = max(s.strength for s in considered)
+    chosen = [s for s in considered if s.strength == strongest]
+    if not current:
+        return chosen, None, "revised later without a new score"
+    if any(s.unsettled for s in chosen):
+        return chosen, None, "adjusted without a stated result"
     preferred = chosen[-1].readings(allow_decimals)
     agreed = [v for v in preferred if all(v in s.readings(allow_decimals) for s in chosen)]
-    if agreed:
-        return chosen, agreed[0]
-    if chosen[-1].revises:
-        return [chosen[-1]], preferred[0]
-    return chosen, None
+    return chosen, agreed[0] if agreed else None, ""
 
 
 def parse_final_verdict(text: str, *, max_score: int = DEFAULT_MAX_SCORE, allow_decimals: bool = False) -> ScoreResult:
@@ -307,26 +438,29 @@ def parse_final_verdict(text: str, *, max_score: int = DEFAULT_MAX_SCORE, allow_
             error="no_score_found: only <think> reasoning, no answer after it",
             lines_examined=_non_empty_lines(reasoning)[-3:],
         )
-    statements = _find_statements(answer)
+    lines = _non_empty_lines(answer)
+    statements = _find_statements(lines)
     if not statements:
-        return ScoreResult(parser=name, error="no_score_found", lines_examined=_non_empty_lines(answer)[-3:])
-    chosen, verdict = _choose_verdict(statements, allow_decimals)
+        return ScoreResult(parser=name, error="no_score_found", lines_examined=lines[-3:])
+    chosen, verdict, doubt = _choose_verdict(statements, _revisions(lines, statements), allow_decimals)
     candidates = list(dict.fromkeys(s.readings(allow_decimals)[0] for s in chosen))
-    lines = list(dict.fromkeys(s.line for s in chosen))
-    result = {"parser": name, "candidates": candidates, "lines_examined": lines}
+    shown = list(dict.fromkeys(s.line for s in chosen))
+    result = {"parser": name, "candidates": candidates, "lines_examined": shown}
     if verdict is None:
-        return ScoreResult(**result, error="ambiguous: " + ", ".join(_format(v) for v in candidates))
+        listed = ", ".join(_format(v) for v in candidates)
+        return ScoreResult(**result, error=f"ambiguous: {listed}" + (f" ({doubt})" if doubt else ""))
     error = _verdict_error(verdict, chosen, max_score, allow_decimals)
     return ScoreResult(**result, score=None if error else verdict, error=error)
 
 
 def _verdict_error(verdict: float, chosen: list[_Statement], max_score: int, allow_decimals: bool) -> str | None:
-    """A fraction over another scale is not rescaled: the judge was asked for 0..max_score, and
+    """A value on another scale is not rescaled: the judge was asked for 0..max_score, and
     guessing what its 7/10 means on 0..9 would be inventing."""
     for statement in chosen:
-        if statement.denominator is not None and statement.denominator != max_score:
-            shown = f"{_format(statement.stated)}/{statement.denominator}"
-            return f"scale_mismatch: judge wrote {shown} but the template's max_score is {max_score}"
+        for scale in statement.scales:
+            if scale != max_score:
+                shown = f"{_format(statement.stated)}/{scale}"
+                return f"scale_mismatch: judge wrote {shown} but the template's max_score is {max_score}"
     range_error = _range_error(verdict, max_score)
     if range_error:
         return range_error
@@ -343,10 +477,14 @@ PARSERS: dict[str, ScoreParser] = {
 }
 
 
+def find_parser(name: str) -> ScoreParser:
+    """The strategy called `name`; an unknown name is an error that lists the valid ones."""
+    if name not in PARSERS:
+        raise ValueError(f"unknown score parser {name!r}; valid parsers: {', '.join(sorted(PARSERS))}")
+    return PARSERS[name]
+
+
 def parse_score(
     text: str, *, parser: str = DEFAULT_PARSER, max_score: int = DEFAULT_MAX_SCORE, allow_decimals: bool = False
 ) -> ScoreResult:
-    strategy = PARSERS.get(parser)
-    if strategy is None:
-        raise ValueError(f"unknown score parser {parser!r}; valid parsers: {', '.join(sorted(PARSERS))}")
-    return strategy(text, max_score=max_score, allow_decimals=allow_decimals)
+    return find_parser(parser)(text, max_score=max_score, allow_decimals=allow_decimals)

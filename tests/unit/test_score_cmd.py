@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from daydream.score_cmd import score
+from services.parser.scoring import DEFAULT_MAX_SCORE
 
 runner = CliRunner()
 
@@ -71,6 +72,11 @@ def test_max_score_sets_the_scale(app: typer.Typer, tmp_path: Path) -> None:
     assert run(app, "--max-score", "10", out_of_ten).output == f"{out_of_ten}\t7\n"
 
 
+def test_the_default_scale_is_the_parsers_default(app: typer.Typer, tmp_path: Path) -> None:
+    top = write(tmp_path, "top.txt", f"Everything is there.\nFinal Score: {DEFAULT_MAX_SCORE}/{DEFAULT_MAX_SCORE}")
+    assert run(app, top).output == f"{top}\t{DEFAULT_MAX_SCORE}\n"
+
+
 def test_allow_decimals_keeps_the_unrounded_score(app: typer.Typer, tmp_path: Path) -> None:
     rounded = write(tmp_path, "rounded.txt", "Solid.\nScore: 6.5/9, rounded to 7")
     assert run(app, rounded).output == f"{rounded}\t7\n"
@@ -82,6 +88,12 @@ def test_unknown_parser_is_a_usage_error_listing_valid_names(app: typer.Typer, t
     result = run(app, "--parser", "last_number", answer)
     assert result.exit_code == 2
     assert "final_verdict, in_last_line" in result.output
+
+
+def test_unknown_parser_is_refused_before_any_file_is_read(app: typer.Typer, tmp_path: Path) -> None:
+    result = run(app, "--parser", "last_number", tmp_path / "missing.txt")
+    assert result.exit_code == 2
+    assert "unreadable" not in result.output
 
 
 def test_at_least_one_file_is_required(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ from textwrap import dedent
 import pytest
 from pydantic import ValidationError
 
-from services.parser.scoring import DEFAULT_PARSER, PARSERS, ScoreResult, parse_score
+from services.parser.scoring import DEFAULT_PARSER, PARSERS, ScoreResult, parse_score, reason_code
 from shared.inputs import KNOWN_PARSERS
 
 
@@ -375,6 +375,228 @@ def test_final_verdict(case: Case) -> None:
     assert_reads(case, "final_verdict")
 
 
+# ---- shapes an audit of real judge answers found scored wrong -----------------------------------
+
+AUDITED_CASES = [
+    # A labelled number followed by a counted noun is a count, not a score.
+    Case(
+        "total-is-a-count-of-concepts",
+        judge(
+            """
+            The essay touches the default mode network and the generator-verifier gap.
+            It never explains how the critic's verdicts feed back into memory.
+
+            The total is 3 concepts.
+            """
+        ),
+        error="no_score_found",
+    ),
+    Case(
+        "a-total-of-n-of-the-m-concepts",
+        judge(
+            """
+            The essay covers a total of 2 of the 3 required concepts, leaving out economic moats.
+            The prose is clear and the structure is easy to follow.
+            """
+        ),
+        error="no_score_found",
+    ),
+    Case(
+        "overall-dash-a-count",
+        judge(
+            """
+            The essay is readable and well structured.
+            Overall - 2 concepts are missing from the argument.
+            """
+        ),
+        error="no_score_found",
+    ),
+    Case(
+        "verdict-is-a-length-complaint",
+        judge(
+            """
+            The argument is there but buried under background.
+            The verdict is 3 paragraphs too long before it reaches the point.
+            """
+        ),
+        error="no_score_found",
+    ),
+    Case(
+        "footnote-marker-on-the-last-line",
+        judge(
+            """
+            The essay leans on the generator-verifier gap work as its main source.
+            It does not reach the feedback loop.
+
+            [1]
+            """
+        ),
+        error="no_score_found",
+    ),
+    Case(
+        "a-score-of-n-that-is-endorsed-is-a-score",
+        "The critic and the memory write-back are both there.\nA score of 7 is fair.",
+        score=7,
+    ),
+    # The scale stated in a parenthetical is checked like `8/10`.
+    Case(
+        "scale-in-a-parenthetical-label",
+        "The loop is described end to end, with a thin moat.\n\nScore (out of 10): 8",
+        error="scale_mismatch",
+    ),
+    Case(
+        "scale-in-a-parenthetical-after-the-value",
+        "The loop is described end to end, with a thin moat.\n\nScore: 8 (out of 10)",
+        error="scale_mismatch",
+    ),
+    Case(
+        "scale-as-a-range-in-the-label",
+        "The loop is described end to end, with a thin moat.\n\nScore (0-10): 8",
+        error="scale_mismatch",
+    ),
+    Case(
+        "template-scale-in-a-parenthetical-label",
+        "The loop is described end to end, with a thin moat.\n\nScore (out of 9): 8",
+        score=8,
+    ),
+    # A later statement that revises wins over an earlier, stronger label.
+    Case(
+        "revision-after-a-final-score",
+        judge(
+            """
+            Final Score: 5
+
+            The critic is missing, and the moat is only named.
+
+            Actually, on reflection, I revise this: the critic is described in paragraph four.
+            Score: 8
+            """
+        ),
+        score=8,
+    ),
+    Case(
+        "revision-to-an-unlabelled-number-is-ambiguous",
+        judge(
+            """
+            Final Score: 8
+
+            On second thought, the moat argument is asserted, not argued. 6.
+            """
+        ),
+        error="ambiguous",
+        candidates=[8],
+    ),
+    Case(
+        "edit-with-a-first-person-verdict",
+        "Final Score: 7\n\nThe loop is complete.\n\nEdit: I would actually give it a 6.",
+        score=6,
+    ),
+    Case(
+        "lowered-on-reflection",
+        judge(
+            """
+            **Final Score: 6/9**
+
+            The essay is clear, but on reflection, I would lower this to 5 because the moat is never argued.
+            """
+        ),
+        score=5,
+    ),
+    Case(
+        "wait-then-a-second-final-score",
+        judge(
+            """
+            Final Score: 6
+
+            Wait — I overlooked the paragraph on memory write-back, which is the key step.
+
+            Final Score: 8
+            """
+        ),
+        score=8,
+    ),
+    Case("revision-later-in-the-same-line", "Score: 5. Actually, make that a 6.", score=6),
+    Case("a-change-gives-its-reason", "Final Score: 7\n\nLowering my score to 5 for length.", score=5),
+    Case("an-alternative-instead", "Final Score: 8\n\nThe moat is thin. I'd give it a 6 instead.", score=6),
+    Case(
+        "a-hypothetical-change-is-not-a-revision",
+        "Final Score: 7\n\nI would lower this to 5 if the critic were missing, but it is there.",
+        score=7,
+    ),
+    Case(
+        "second-thoughts-after-the-verdict-leave-no-verdict",
+        "Final Score: 7\n\nOn reflection, the moat argument is weaker than I first credited.",
+        error="ambiguous",
+    ),
+    # Working after a value: the verdict is where it ends, never the first number.
+    Case(
+        "arrow-to-the-revised-value",
+        "The essay nearly reaches the loop.\nScore: 6/9 -> 7/9 after considering the memory write-back paragraph.",
+        score=7,
+    ),
+    Case(
+        "deduction-then-final",
+        "All three concepts are covered.\nScore: 7, but deducting 2 for the unargued moat, final 5.",
+        score=5,
+    ),
+    Case(
+        "penalty-arithmetic-on-a-fraction",
+        "Coverage is complete but the essay is twice the requested length.\nTotal: 8/9 - 2 (penalty) = 6/9",
+        score=6,
+    ),
+    Case(
+        "deduction-without-a-result-is-ambiguous",
+        "Coverage is complete.\nScore: 7 (minus 1 for length)",
+        error="ambiguous",
+    ),
+    Case("list-of-values-is-ambiguous", "Per criterion:\nScore: 4,5,6", error="ambiguous", candidates=[4, 5, 6]),
+    # Hypothetical and superseded scores beside the real one.
+    Case(
+        "hypothetical-top-score",
+        judge(
+            """
+            A score of 9 would require the essay to describe the feedback into memory.
+            It does not, but everything else is present.
+
+            Score: 7
+            """
+        ),
+        score=7,
+    ),
+    Case(
+        "hypothetical-low-score-after-the-verdict",
+        "Score: 7\n\nA score of 4 would be appropriate if the critic were missing, but it is present.",
+        score=7,
+    ),
+    Case(
+        "first-impression",
+        "My first impression was a score of 5, but the fourth paragraph changes that.\n\nScore: 7",
+        score=7,
+    ),
+    Case(
+        "conditional-first-person-score",
+        "Final Score: 7\n\nI would give it a 9 if the moat were argued rather than asserted.",
+        score=7,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", AUDITED_CASES, ids=lambda c: c.id)
+def test_final_verdict_on_audited_shapes(case: Case) -> None:
+    assert_reads(case, "final_verdict")
+
+
+def test_a_revision_without_a_new_score_says_so() -> None:
+    result = parse_score("Final Score: 8\n\nOn second thought, the moat is only asserted.")
+    assert result.error == "ambiguous: 8 (revised later without a new score)"
+    assert result.lines_examined == ["Final Score: 8"]
+
+
+def test_an_adjustment_without_a_result_says_so() -> None:
+    result = parse_score("Score: 7, minus 1 for length.")
+    assert result.error == "ambiguous: 7 (adjusted without a stated result)"
+
+
 def test_final_verdict_is_the_default() -> None:
     assert parse_score("SCORE:\n\n7").parser == "final_verdict"
     assert parse_score("SCORE:\n\n7").score == 7
@@ -438,6 +660,14 @@ def test_the_parser_service_knows_exactly_the_parsers_input_validation_accepts()
     """A template that passes validation must not fail at scoring time, and no parser may be unreachable."""
     assert set(PARSERS) == set(KNOWN_PARSERS)
     assert DEFAULT_PARSER in PARSERS
+
+
+def test_the_reason_is_the_code_before_the_detail() -> None:
+    """The parser service counts failures by this code; a result and a bare error agree on it."""
+    result = parse_score("Score: 6\n\nScore: 8")
+    assert reason_code(result.error) == result.reason == "ambiguous"
+    assert reason_code("no_score_found") == "no_score_found"
+    assert reason_code(None) is None
 
 
 def test_result_is_immutable() -> None:
