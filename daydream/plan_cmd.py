@@ -11,9 +11,15 @@ from rich.table import Table
 from rich.text import Text
 
 from daydream import options
-from services.combiner.planning import ComboIdCollision, append_combo_mappings, plan_experiment, write_task_tables
+from services.combiner.planning import (
+    ComboRegistryProblem,
+    append_combo_mappings,
+    new_combo_mappings,
+    plan_experiment,
+    write_task_tables,
+)
 from shared.events import STAGES, ExperimentPlanned
-from shared.inputs import InputErrors, LoadedExperiment, load_experiment
+from shared.inputs import InputErrors, LoadedExperiment, SnapshotConflict, load_experiment, snapshot_experiment
 from shared.tasks import planned_evaluations
 
 INPUT_ERROR_EXIT_CODE = 2
@@ -43,16 +49,22 @@ def print_problems(errors: InputErrors) -> None:
     console.print("Nothing was written.")
 
 
-def write_plan(data: Path, loaded: LoadedExperiment) -> tuple[ExperimentPlanned, int]:
-    """The task tables and the combo registry, as `plan` and `publish` both leave them."""
+def write_plan(data: Path, loaded: LoadedExperiment, experiment_dir: Path | None = None) -> tuple[ExperimentPlanned, int]:
+    """The task tables and the combo registry, as `plan` and `publish` both leave them; `publish`
+    also snapshots the selection into `experiment_dir`. Every check comes before the first write,
+    so a refused plan leaves every file as it was."""
     spec = loaded.spec
     planned, generations = plan_experiment(spec)
     evaluations = [evaluation for generation in generations for evaluation in planned_evaluations(generation)]
+    registry = data / "combo_mappings.csv"
     try:
-        added = append_combo_mappings(data / "combo_mappings.csv", planned.combos, spec.description_level, spec.k_max)
-    except ComboIdCollision as collision:
-        Console(stderr=True, soft_wrap=True).print(Text(str(collision), style="bold red"))
-        raise typer.Exit(INPUT_ERROR_EXIT_CODE) from collision
+        new_rows = new_combo_mappings(registry, planned.combos, spec.description_level, spec.k_max)
+        if experiment_dir is not None:
+            snapshot_experiment(loaded, experiment_dir)
+    except (ComboRegistryProblem, SnapshotConflict) as refusal:
+        Console(stderr=True, soft_wrap=True).print(Text(str(refusal), style="bold red"))
+        raise typer.Exit(INPUT_ERROR_EXIT_CODE) from refusal
+    added = append_combo_mappings(registry, new_rows)
     write_task_tables(data / "2_tasks", planned, generations, evaluations)
     return planned, added
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -158,6 +159,10 @@ def load_experiment(
     return loaded
 
 
+SPEC_FILE = "spec.json"
+"""The resolved selection in the snapshot: what `rerun` rebuilds tasks from."""
+
+
 def snapshot_experiment(loaded: LoadedExperiment, experiment_dir: Path) -> None:
     """Write the selection into `experiment_dir` (i.e. DIR/experiments/<experiment_id>) atomically.
 
@@ -204,6 +209,9 @@ def _snapshot_files(loaded: LoadedExperiment) -> dict[str, str]:
         for name, rows in loaded.active_rows.items()
     }
     files["settings.json"] = json.dumps(settings, indent=2) + "\n"
+    # The resolved texts too (descriptions, templates): an edited template is another selection.
+    # `fresh` is how one publish treats the response store, not part of the selection.
+    files[SPEC_FILE] = spec.model_dump_json(indent=2, exclude={"fresh"}) + "\n"
     return files
 
 
@@ -274,8 +282,7 @@ class _Loader:
         generation_models, evaluation_models, active_models, used_tiers = self.models(tiers)
 
         self.check_k_max(settings, len(active_concepts) if concept_rows is not None else None)
-        probe = concepts[: settings.k_max] if settings.k_max else concepts
-        self.probe_templates(generation_templates, evaluation_templates, probe)
+        self.probe_templates(generation_templates, evaluation_templates, concepts, settings.k_max)
         if self.problems:
             return None
         spec = ExperimentSpec(
@@ -465,19 +472,27 @@ class _Loader:
         if missing or duplicated:
             return None
         rows = []
-        for cells in reader:
+        while True:
+            line = reader.line_num + 1  # where the record starts: a quoted value may span lines
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return rows
+            except csv.Error as error:
+                self.problem(name, line, f"is not valid CSV: {error}",
+                             "check the quotes on this row (a value with a quote inside doubles it: \"\")")
+                return None
             if not any(cell.strip() for cell in cells):
                 continue
             if len(cells) != len(header):
                 self.problem(
                     name,
-                    reader.line_num,
+                    line,
                     f"the row has {len(cells)} fields but the header has {len(header)}",
                     "give every row one value per column (quote values that hold commas)",
                 )
                 continue
-            rows.append(_Row(name, reader.line_num, {c: v.strip() for c, v in zip(header, cells, strict=True)}))
-        return rows
+            rows.append(_Row(name, line, {c: v.strip() for c, v in zip(header, cells, strict=True)}))
 
     def unique_ids(self, rows: list[_Row], column: str) -> list[_Row]:
         """The rows whose id is safe and not seen before; the others are reported."""
@@ -750,24 +765,32 @@ class _Loader:
         generation: list[TemplateSpec],
         evaluation: list[EvaluationTemplateSpec],
         concepts: list[ConceptSpec],
+        k_max: int | None,
     ) -> None:
-        """Render every active template once with inputs of the real shape: errors now, not mid-run."""
+        """Render every active generation template with every combination the experiment will
+        make, and every evaluation template with a stand-in response: a template that fails on
+        some combination fails here, not mid-run."""
+        combos = list(itertools.combinations(concepts, k_max)) if k_max else [tuple(concepts)]
         for template in generation:
-            self.probe(
-                f"generation_templates/{template.template_id}.txt",
-                lambda t=template: render_generation_prompt(t, concepts),
-            )
+            relative = f"generation_templates/{template.template_id}.txt"
+            for index, members in enumerate(combos):
+                context = f"with the combination {', '.join(c.concept_id for c in members)}: " if index else ""
+                if not self.probe(relative, lambda t=template, m=members: render_generation_prompt(t, list(m)), context):
+                    break
         for template in evaluation:
             self.probe(
                 f"evaluation_templates/{template.template_id}.txt",
                 lambda t=template: render_evaluation_prompt(t, SAMPLE_RESPONSE),
             )
 
-    def probe(self, relative: str, render) -> None:
+    def probe(self, relative: str, render, context: str = "") -> bool:
+        """Whether the template rendered; if not, its problem is recorded."""
         try:
             render()
         except TemplateProblem as problem:
-            self.problem(relative, problem.line, problem.message, problem.fix)
+            self.problem(relative, problem.line, context + problem.message, problem.fix)
+            return False
+        return True
 
 
 def _tier_row(tier: TierSpec) -> dict[str, str]:

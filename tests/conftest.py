@@ -1,4 +1,4 @@
-"""Shared fixtures: a real JetStream per test, a fresh PostgreSQL database per run."""
+"""Shared fixtures: a real JetStream per session (wiped for each test), a fresh PostgreSQL database per run."""
 
 from __future__ import annotations
 
@@ -26,37 +26,34 @@ def _docker_answers() -> bool:
         return False
 
 
-@pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
-    """A JetStream with no streams in it: `NATS_URL` when set (its DayDream streams are wiped),
-    else a testcontainers NATS when Docker answers, else a private nats-server on a free port."""
+@pytest.fixture(scope="session")
+def jetstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real JetStream for the session: `NATS_URL` when set, else a testcontainers NATS when a
+    Docker engine answers, else a private nats-server on a free port with a temporary store."""
     external = os.environ.get("NATS_URL")
     if external:
-        _wipe_streams(external)
         yield external
         return
     if _docker_answers():
-        from testcontainers.nats import NatsContainer
+        from testcontainers.community.nats import NatsContainer
 
         with NatsContainer(jetstream=True) as container:
             yield container.nats_uri()
         return
-    with NatsServer(store_dir=tmp_path / "nats") as server:
+    with NatsServer(store_dir=tmp_path_factory.mktemp("nats")) as server:
         yield server.url
 
 
-def _wipe_streams(url: str) -> None:
-    import asyncio
-
-    async def wipe() -> None:
-        nc = await nats.connect(url)
-        js = nc.jetstream()
-        for info in await js.streams_info():
-            if info.config.name.startswith(("DD_", "KV_dd_")):
-                await js.delete_stream(info.config.name)
-        await nc.close()
-
-    asyncio.run(wipe())
+@pytest.fixture
+async def nats_url(jetstream_url: str) -> str:
+    """The session's JetStream with no DayDream streams or buckets in it: each test starts clean."""
+    nc = await nats.connect(jetstream_url)
+    js = nc.jetstream()
+    for info in await js.streams_info():
+        if info.config.name.startswith(("DD_", "KV_dd_")):
+            await js.delete_stream(info.config.name)
+    await nc.close()
+    return jetstream_url
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from shared.events import (
     message_id,
     task_subject,
 )
+from shared.prompts import TemplateProblem
 from shared.service import decode, give_up, jetstream, make_app, make_broker, publish, publish_all, subscribe
 from shared.settings import get_settings
 from shared.topology import COMBINER_CONSUMER, ensure_service_topology, find_reader
@@ -23,7 +24,7 @@ async def plan(msg: NatsMessage) -> None:
     spec = requested.spec
     try:
         planned, tasks = plan_experiment(spec)
-    except ValueError as error:
+    except (ValueError, TemplateProblem) as error:
         failure = TaskFailed(stage="planning", experiment_id=spec.experiment_id, task_id="plan",
                              reason="invalid_experiment", message=str(error), attempts=1)
         await give_up(broker, failure)

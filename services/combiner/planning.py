@@ -10,9 +10,10 @@ import csv
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from shared.events import ComboPlanned, ExperimentPlanned, ExperimentSpec, TaskCreated
-from shared.files import atomic_write_text, csv_text
+from shared.files import atomic_write_bytes, atomic_write_text, csv_text
 from shared.ids import COMBO_ID_VERSION
 from shared.tasks import PlannedEvaluation, combinations, generation_tasks, planned_counts
 
@@ -39,8 +40,9 @@ EVALUATION_TASKS_COLUMNS = (
 )
 
 
-class ComboIdCollision(Exception):
-    """A combo id already recorded for other members: joining on it would mix different combos."""
+class ComboRegistryProblem(Exception):
+    """The registry cannot take this plan: an id already recorded for other members (joining on it
+    would mix different combos), or a file that is not a registry any more."""
 
 
 def plan_experiment(spec: ExperimentSpec) -> tuple[ExperimentPlanned, list[TaskCreated]]:
@@ -60,10 +62,11 @@ def plan_experiment(spec: ExperimentSpec) -> tuple[ExperimentPlanned, list[TaskC
     return planned, tasks
 
 
-def append_combo_mappings(path: Path, combos: Iterable[ComboPlanned], description_level: str, k_max: int) -> int:
-    """Record combos not yet in the registry; returns how many were added.
-
-    Every combo is checked before anything is written, so a collision leaves the file untouched."""
+def new_combo_mappings(
+    path: Path, combos: Iterable[ComboPlanned], description_level: str, k_max: int
+) -> list[dict[str, Any]]:
+    """The registry rows these combos still need. Every combo is checked before the caller writes
+    anything, so a collision leaves every file untouched."""
     recorded = _recorded_combos(path)
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     new_rows = []
@@ -84,16 +87,24 @@ def append_combo_mappings(path: Path, combos: Iterable[ComboPlanned], descriptio
                 for concept_id in combo.concept_ids
             ]
         elif known != members:
-            raise ComboIdCollision(
+            raise ComboRegistryProblem(
                 f"{path}: combo id {combo.combo_id} is recorded for {_describe(known)} "
                 f"but now stands for {_describe(members)}; nothing was written. "
                 "Check that combo_mappings.csv was not edited by hand, or move it aside to start a new registry"
             )
-    if new_rows:
-        existing = path.read_text(encoding="utf-8") if path.exists() else None
-        added = csv_text(COMBO_MAPPINGS_COLUMNS, new_rows, header=existing is None, lineterminator="\n")
-        atomic_write_text(path, (existing or "") + added)
-    return len({row["combo_id"] for row in new_rows})
+    return new_rows
+
+
+def append_combo_mappings(path: Path, rows: list[dict[str, Any]]) -> int:
+    """Append rows from `new_combo_mappings`, leaving every existing byte as it was; returns how
+    many combos were added."""
+    if rows:
+        existing = path.read_bytes() if path.exists() else b""
+        if existing and not existing.endswith(b"\n"):
+            existing += b"\n"
+        added = csv_text(COMBO_MAPPINGS_COLUMNS, rows, header=not existing, lineterminator="\n")
+        atomic_write_bytes(path, existing + added.encode("utf-8"))
+    return len({row["combo_id"] for row in rows})
 
 
 def write_task_tables(
@@ -149,7 +160,14 @@ def _recorded_combos(path: Path) -> dict[str, tuple[tuple[str, ...], str, str]]:
     members: dict[str, list[str]] = {}
     settings: dict[str, tuple[str, str]] = {}
     with path.open(encoding="utf-8", newline="") as file:
-        for row in csv.DictReader(file):
+        reader = csv.DictReader(file)
+        missing = [column for column in COMBO_MAPPINGS_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ComboRegistryProblem(
+                f"{path} line 1: the header lacks {', '.join(missing)}; nothing was written. Restore the "
+                f"header ({','.join(COMBO_MAPPINGS_COLUMNS)}) or move the file aside to start a new registry"
+            )
+        for row in reader:
             members.setdefault(row["combo_id"], []).append(row["concept_id"])
             settings[row["combo_id"]] = (row["description_level"], row["k_max"])
     return {combo: (tuple(sorted(ids)), *settings[combo]) for combo, ids in members.items()}

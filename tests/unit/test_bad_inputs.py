@@ -1,18 +1,21 @@
-"""Every broken input set in tests/data/bad_inputs is refused before anything is written, with an
-error that names the file, the line and what to do."""
+"""Every broken input set in tests/data/bad_inputs is refused by `plan` and by `publish` before
+anything is written or published, with an error that names the file, the line and what to do."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from daydream.plan_cmd import plan
+from daydream.publish_cmd import publish
 from shared.inputs import InputErrors, load_experiment
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"
@@ -48,10 +51,20 @@ def materialise(name: str, root: Path) -> BadCase:
     return BadCase(data=root / "data", file=case["file"], row=case.get("row"), expected=expected)
 
 
-def run_plan(data: Path):
+def invoke(command, data: Path, env: dict[str, str] | None = None):
     app = typer.Typer()
-    app.command()(plan)
-    return CliRunner().invoke(app, ["--data", str(data)])
+    app.command()(command)
+    return CliRunner().invoke(app, ["--data", str(data)], env=env)
+
+
+def assert_refused(case: BadCase, result) -> None:
+    """Exit 2, the problem at its place with its words, and not one file written."""
+    assert result.exit_code == 2, result.output
+    location = f"{case.file} line {case.row}" if case.row is not None else case.file
+    assert location in result.output
+    for fragment in case.expected:
+        assert fragment in result.output
+    assert sorted(path.name for path in case.data.iterdir()) == ["1_raw"]
 
 
 def test_the_corpus_is_large_enough_and_the_base_is_valid(tmp_path: Path) -> None:
@@ -75,11 +88,18 @@ def test_loading_reports_the_one_defect_where_it_is(name: str, tmp_path: Path) -
 @pytest.mark.parametrize("name", CASES)
 def test_plan_prints_the_problem_exits_2_and_writes_nothing(name: str, tmp_path: Path) -> None:
     case = materialise(name, tmp_path)
-    result = run_plan(case.data)
-    assert result.exit_code == 2, result.output
-    location = f"{case.file} line {case.row}" if case.row is not None else case.file
-    assert location in result.output
-    for fragment in case.expected:
-        assert fragment in result.output
-    assert not (case.data / "2_tasks").exists()
-    assert not (case.data / "combo_mappings.csv").exists()
+    assert_refused(case, invoke(plan, case.data))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", CASES)
+async def test_publish_prints_the_problem_exits_2_and_publishes_nothing(name: str, tmp_path: Path, nats_url: str) -> None:
+    case = materialise(name, tmp_path)
+    # In a thread, as on the command line: a publish that got past validation could really publish.
+    assert_refused(case, await asyncio.to_thread(invoke, publish, case.data, {"NATS_URL": nats_url}))
+    nc = await nats.connect(nats_url)
+    try:
+        streams = {info.config.name: info.state.messages for info in await nc.jetstream().streams_info()}
+    finally:
+        await nc.close()
+    assert {name: count for name, count in streams.items() if count} == {}

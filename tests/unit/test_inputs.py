@@ -197,6 +197,7 @@ def test_snapshot_writes_the_active_rows_and_settings(raw: Path, tmp_path: Path)
         "generation_templates.csv",
         "llm_models.csv",
         "settings.json",
+        "spec.json",
         "tiers.csv",
     ]
     assert [p.name for p in target.parent.iterdir()] == ["exp-1"]
@@ -219,8 +220,44 @@ def test_snapshot_refuses_a_different_selection_under_the_same_id(raw: Path, tmp
     assert {p.name: p.read_text(encoding="utf-8") for p in target.iterdir()} == before
 
 
+def test_snapshot_refuses_the_same_id_after_a_template_was_edited(raw: Path, tmp_path: Path) -> None:
+    """The CSV rows are the same, the prompts are not: that is another experiment."""
+    target = tmp_path / "experiments" / "exp-1"
+    snapshot_experiment(load_experiment(raw, experiment_id="exp-1"), target)
+    essay = raw / "generation_templates" / "essay.txt"
+    essay.write_text(essay.read_text(encoding="utf-8") + "Answer in French.\n", encoding="utf-8")
+    with pytest.raises(SnapshotConflict, match=r"differs in spec\.json"):
+        snapshot_experiment(load_experiment(raw, experiment_id="exp-1"), target)
+
+
+def test_snapshot_of_a_fresh_publish_matches_the_plain_one(raw: Path, tmp_path: Path) -> None:
+    """`--fresh` changes how one publish uses stored responses, not what the experiment is."""
+    target = tmp_path / "experiments" / "exp-1"
+    snapshot_experiment(load_experiment(raw, experiment_id="exp-1", fresh=True), target)
+    snapshot_experiment(load_experiment(raw, experiment_id="exp-1"), target)
+
+
 def test_a_concept_with_a_problem_still_counts_as_active_for_k_max(raw: Path) -> None:
     (raw / "descriptions-paragraph" / "gamma.txt").unlink()
     with pytest.raises(InputErrors) as caught:
         load_experiment(raw, experiment_id="x", k_max=3)
     assert [p.message for p in caught.value.problems] == ["active concept 'gamma' has no description file"]
+
+
+def test_an_unreadable_file_is_a_problem_naming_it(raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root reads through `chmod 000`, so the refusal is what the OS would say to anyone else."""
+    unreadable = raw / "generation_templates" / "essay.txt"
+    read_bytes = Path.read_bytes
+
+    def refuse(path: Path) -> bytes:
+        if path == unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(InputErrors) as caught:
+        load_experiment(raw, experiment_id="x")
+    assert [(p.file, p.message) for p in caught.value.problems] == [
+        ("generation_templates/essay.txt", "cannot be read: Permission denied")
+    ]
+    assert "make the file readable" in caught.value.problems[0].fix

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from daydream.plan_cmd import plan
 from services.combiner.planning import (
-    ComboIdCollision,
+    ComboRegistryProblem,
     append_combo_mappings,
+    new_combo_mappings,
     plan_experiment,
     write_task_tables,
 )
@@ -126,23 +127,39 @@ def test_a_truncated_generation_is_judged_only_when_the_plan_says_so(spec: Exper
     assert len(evaluation_tasks(skipped, "complete", truncated=False)) == 2
 
 
+def register(registry: Path, combos: list[ComboPlanned]) -> int:
+    return append_combo_mappings(registry, new_combo_mappings(registry, combos, "paragraph", 3))
+
+
 def test_combo_mappings_are_appended_once_per_combo(spec: ExperimentSpec, tmp_path: Path) -> None:
     planned, _ = plan_experiment(spec)
     registry = tmp_path / "combo_mappings.csv"
-    assert append_combo_mappings(registry, planned.combos, "paragraph", 3) == 4
+    assert register(registry, planned.combos) == 4
     rows = read_csv(registry)
     assert len(rows) == 12
     assert set(rows[0]) == {"combo_id", "version", "concept_id", "description_level", "k_max", "created_at"}
     assert {(r["version"], r["description_level"], r["k_max"]) for r in rows} == {("v1", "paragraph", "3")}
     before = registry.read_text(encoding="utf-8")
-    assert append_combo_mappings(registry, planned.combos, "paragraph", 3) == 0
+    assert register(registry, planned.combos) == 0
     assert registry.read_text(encoding="utf-8") == before
+
+
+def test_appending_keeps_every_existing_byte_of_the_registry(spec: ExperimentSpec, tmp_path: Path) -> None:
+    """Append-only even for a registry saved by a spreadsheet with CRLF and no final newline."""
+    planned, _ = plan_experiment(spec)
+    registry = tmp_path / "combo_mappings.csv"
+    register(registry, planned.combos[:1])
+    edited = registry.read_bytes().replace(b"\n", b"\r\n").rstrip(b"\r\n")
+    registry.write_bytes(edited)
+    assert register(registry, planned.combos[1:]) == 3
+    assert registry.read_bytes().startswith(edited + b"\n")
+    assert len(read_csv(registry)) == 12
 
 
 def test_a_combo_id_recorded_with_other_members_is_a_collision(spec: ExperimentSpec, tmp_path: Path) -> None:
     planned, _ = plan_experiment(spec)
     registry = tmp_path / "combo_mappings.csv"
-    append_combo_mappings(registry, planned.combos[:1], "paragraph", 3)
+    register(registry, planned.combos[:1])
     tampered = (
         registry.read_text(encoding="utf-8")
         .replace("economic-moat", "x")
@@ -150,9 +167,16 @@ def test_a_combo_id_recorded_with_other_members_is_a_collision(spec: ExperimentS
     )
     registry.write_text(tampered, encoding="utf-8")
     new = ComboPlanned(combo_id="combo_v1_new", concept_ids=["a", "b", "c"])
-    with pytest.raises(ComboIdCollision, match=f"combo id {planned.combos[0].combo_id} is recorded for"):
-        append_combo_mappings(registry, [new, planned.combos[0]], "paragraph", 3)
-    assert registry.read_text(encoding="utf-8") == tampered
+    with pytest.raises(ComboRegistryProblem, match=f"combo id {planned.combos[0].combo_id} is recorded for"):
+        new_combo_mappings(registry, [new, planned.combos[0]], "paragraph", 3)
+
+
+def test_a_registry_without_its_columns_is_refused_with_the_fix(spec: ExperimentSpec, tmp_path: Path) -> None:
+    planned, _ = plan_experiment(spec)
+    registry = tmp_path / "combo_mappings.csv"
+    registry.write_text("combo_id,concept_id\ncombo_v1_x,a\n", encoding="utf-8")
+    with pytest.raises(ComboRegistryProblem, match=r"line 1: the header lacks version, description_level, k_max"):
+        new_combo_mappings(registry, planned.combos, "paragraph", 3)
 
 
 def test_task_tables_link_evaluations_to_generations(spec: ExperimentSpec, tmp_path: Path) -> None:
