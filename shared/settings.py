@@ -12,7 +12,9 @@ OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DAYDREAM_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DAYDREAM_", env_file=".env", extra="ignore", env_ignore_empty=True)
+    """An empty value counts as unset: `.env.example` ships `OPENROUTER_API_KEY=`, and copying it
+    must keep the demo on the fake LLM rather than call OpenRouter with an empty key."""
 
     data: Path = Path("data")
     nats_url: str = Field(

@@ -5,21 +5,36 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from shared.events import TASK_FAILED, GenerationDone, TaskFailed, message_id, task_subject
+from shared.prompts import TemplateProblem
 from shared.tasks import evaluation_tasks, planned_evaluations
 
 Outgoing = tuple[str, BaseModel, str]
 
 
 def evaluation_messages(done: GenerationDone) -> list[Outgoing]:
-    """Deterministic message ids: a redelivered `GenerationDone` creates no duplicate task. A
-    truncated generation that the experiment chose not to judge is recorded as skipped, so the
-    planned count still adds up."""
-    tasks = evaluation_tasks(done.task, done.call.text, done.call.truncated)
+    """Deterministic message ids: a redelivered `GenerationDone` creates no duplicate task. When
+    there are no evaluations to run, each planned one is recorded as failed or skipped with its
+    reason, so the planned count still adds up and nothing waits forever."""
+    try:
+        tasks = evaluation_tasks(done.task, done.call.text, done.call.truncated)
+    except TemplateProblem as problem:
+        # Plan time rendered every template with a stand-in; this generation's text broke one.
+        return _unevaluated(done, "template_error", f"an evaluation template failed on the text of generation "
+                            f"{done.task.task_id}: {problem.message} ({problem.fix})")
     if tasks or not done.call.truncated:
         return [
             (task_subject("evaluation", task.tier.tier), task, message_id("eval-task", task.experiment_id, task.task_id))
             for task in tasks
         ]
+    return _unevaluated(
+        done,
+        "skipped_truncated_generation",
+        f"generation {done.task.task_id} was truncated (finish_reason=length) and the experiment does not "
+        "evaluate truncated generations (DAYDREAM_EVALUATE_TRUNCATED=false)",
+    )
+
+
+def _unevaluated(done: GenerationDone, reason: str, message: str) -> list[Outgoing]:
     return [
         (
             TASK_FAILED,
@@ -27,9 +42,8 @@ def evaluation_messages(done: GenerationDone) -> list[Outgoing]:
                 stage="evaluation",
                 experiment_id=done.task.experiment_id,
                 task_id=planned.task_id,
-                reason="skipped_truncated_generation",
-                message=f"generation {done.task.task_id} was truncated (finish_reason=length) and the "
-                "experiment does not evaluate truncated generations (DAYDREAM_EVALUATE_TRUNCATED=false)",
+                reason=reason,
+                message=message,
                 attempts=0,
                 tier=planned.tier.tier,
                 model_id=planned.model.id,
