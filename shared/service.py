@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, TypeVar
+from weakref import WeakKeyDictionary
 
 import uvicorn
 from faststream import AckPolicy
@@ -18,11 +19,16 @@ from pydantic import BaseModel, ValidationError
 
 from shared import metrics
 from shared.events import TASK_CREATED_PREFIX, TASK_FAILED, TaskFailed, message_id
+from shared.lifecycle import BackgroundTasks
 from shared.settings import Settings
 from shared.topology import EVENTS_STREAM, TASKS_STREAM, ConsumerSpec
 
 EventT = TypeVar("EventT", bound=BaseModel)
 log = logging.getLogger("daydream")
+CONSUMER_POLL_INTERVAL_S = 5.0
+
+_bound_consumers: WeakKeyDictionary[NatsBroker, list[ConsumerSpec]] = WeakKeyDictionary()
+"""What `subscribe` bound, per broker: the app `make_app` builds polls exactly these."""
 
 
 def make_broker(settings: Settings) -> NatsBroker:
@@ -53,6 +59,7 @@ def subscribe(
         max_workers=max_workers,
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )(handler)
+    _bound_consumers.setdefault(broker, []).append(spec)
 
 
 async def decode(broker: NatsBroker, msg: NatsMessage, model: type[EventT], *, stage: str) -> EventT:
@@ -100,6 +107,14 @@ def make_app(
     on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> AsgiFastStream:
+    """Once `on_startup` has bound the service's consumers, their queue depth and in-flight vs
+    cap are polled from JetStream for `/metrics`, whichever service it is."""
+    poller = BackgroundTasks()
+
+    async def poll_bound_consumers() -> None:
+        specs = _bound_consumers.get(broker, [])
+        poller.start(metrics.poll_consumers(await jetstream(broker), specs, CONSUMER_POLL_INTERVAL_S))
+
     return AsgiFastStream(
         broker,
         asgi_routes=[
@@ -107,7 +122,8 @@ def make_app(
             ("/health", make_ping_asgi(broker, timeout=5.0)),
         ],
         on_startup=list(on_startup),
-        on_shutdown=list(on_shutdown),
+        after_startup=[poll_bound_consumers],
+        on_shutdown=[poller.stop, *on_shutdown],
         logger=log,
     )
 

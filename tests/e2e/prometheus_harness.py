@@ -7,6 +7,7 @@ free loopback port with its own config and storage in a temp directory.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -114,10 +115,16 @@ class Prometheus:
         except TimeoutError as error:
             raise TimeoutError(f"{error}: {self.target_health()}") from None
 
-    def query(self, expr: str) -> list[dict]:
-        """The instant vector (or scalar) `expr` evaluates to now; [] when it has no data."""
+    def series(self, expr: str) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of each series `expr` evaluates to now, finite values only: a 0/0
+        ratio or a quantile of no observations is NaN, which Grafana draws as nothing."""
         data = self._api("query", {"query": expr})
-        return data["result"] if data["resultType"] in ("vector", "matrix") else [data["result"]]
+        if data["resultType"] == "scalar":
+            samples = [({}, data["result"])]
+        else:
+            samples = [(series["metric"], series["value"]) for series in data["result"]]
+        values = [(labels, float(value)) for labels, (_, value) in samples]
+        return [(labels, value) for labels, value in values if math.isfinite(value)]
 
     def _api(self, endpoint: str, params: dict | None = None) -> dict:
         response = httpx.get(f"{self.url}/api/v1/{endpoint}", params=params, timeout=10)

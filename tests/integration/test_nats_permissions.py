@@ -1,6 +1,12 @@
 """deploy/nats/nats.conf on a real nats-server: each service user can do its own work and is
 refused everything else.
 
+What "its own" means is derived from the code: the subjects of shared/events.py, the consumers
+shared/topology.py declares for the default and the shipped tiers, and who publishes and pulls
+each (the message flow of ARCHITECTURE.md). A subject or consumer added to the code without an
+owner here fails `test_every_subject_and_consumer_of_the_code_has_an_owner`; one the config does
+not grant its owner fails the tests that do the owner's work.
+
 The server reports a refused publish or subscription asynchronously (-ERR to the error callback),
 so every refusal is checked after a flush (a PING/PONG round trip the server answers only after
 the -ERR) and, for publishes, also by the stream not having grown.
@@ -9,7 +15,9 @@ the -ERR) and, for publishes, also by the stream not having grown.
 from __future__ import annotations
 
 import asyncio
+import csv
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import nats
@@ -18,12 +26,17 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from daydream.nats_process import NatsServer
 from shared.events import (
+    DEFAULT_TIERS,
     EVALUATION_DONE,
     EVALUATION_SCORED,
+    EVENT_SUBJECTS,
     EXPERIMENT_PLANNED,
     EXPERIMENT_REQUESTED,
     GENERATION_DONE,
+    STAGES,
+    TASK_CREATED_PREFIX,
     TASK_FAILED,
+    TierSpec,
     task_subject,
 )
 from shared.settings import Settings
@@ -31,7 +44,6 @@ from shared.topology import (
     COMBINER_CONSUMER,
     DEAD_LETTER_CONSUMER,
     DEAD_LETTERS_STREAM,
-    DEFAULT_TIERS,
     EVENTS_STREAM,
     FANOUT_CONSUMER,
     PARSER_CONSUMER,
@@ -45,45 +57,71 @@ from shared.topology import (
     ensure_topology,
     worker_consumer,
 )
+from tests.conftest import EXAMPLE_RAW
 
 pytestmark = pytest.mark.integration
 
 NATS_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats.conf"
-USERS = ("daydream", "combiner", "generator", "evaluator", "parser", "tracker")
+SERVICES = ("combiner", "generator", "evaluator", "parser", "tracker")
+USERS = ("daydream", *SERVICES)
 BUCKET = Settings().response_store_bucket
 SETTINGS = Settings(max_attempts=1)
 
-PUBLISHES = {
-    "daydream": [EXPERIMENT_REQUESTED, task_subject("generation", "paid"), task_subject("evaluation", "free")],
-    "combiner": [EXPERIMENT_PLANNED, task_subject("generation", "free"), task_subject("generation", "paid"), TASK_FAILED],
-    "generator": [GENERATION_DONE, TASK_FAILED],
-    "evaluator": [task_subject("evaluation", "free"), task_subject("evaluation", "paid"), EVALUATION_DONE, TASK_FAILED],
-    "parser": [EVALUATION_SCORED, TASK_FAILED],
-    "tracker": [TASK_FAILED],
+with (EXAMPLE_RAW / "tiers.csv").open(newline="", encoding="utf-8") as shipped:
+    SHIPPED_TIERS = {row["tier"] for row in csv.DictReader(shipped)}
+TIERS = sorted({tier.tier for tier in DEFAULT_TIERS} | SHIPPED_TIERS)
+"""The tiers nats.conf must grant: the ones workers declare on an empty server and the example's."""
+
+WORKERS = {"generation": "generator", "evaluation": "evaluator"}
+READERS = {
+    COMBINER_CONSUMER: "combiner",
+    FANOUT_CONSUMER: "evaluator",
+    PARSER_CONSUMER: "parser",
+    DEAD_LETTER_CONSUMER: "tracker",
+    **dict.fromkeys(TRACKER_SUBJECTS, "tracker"),
 }
-FORBIDDEN_PUBLISHES = [
-    ("parser", task_subject("generation", "paid")),
-    ("parser", EXPERIMENT_REQUESTED),
-    ("generator", EVALUATION_SCORED),
-    ("generator", task_subject("evaluation", "paid")),
-    ("evaluator", task_subject("generation", "free")),
-    ("evaluator", EXPERIMENT_PLANNED),
-    ("combiner", GENERATION_DONE),
-    ("tracker", EXPERIMENT_REQUESTED),
-    ("daydream", GENERATION_DONE),
-]
+CONSUMER_OWNERS = {
+    **{worker_consumer(stage, tier): WORKERS[stage] for stage in STAGES for tier in TIERS},
+    **READERS,
+}
+TIER_SPECS = [TierSpec(tier=tier, max_concurrent=2) for tier in TIERS]
+CONSUMERS = consumer_specs(SETTINGS, TIER_SPECS)
+
+EVENT_PUBLISHERS = {
+    EXPERIMENT_REQUESTED: {"daydream"},
+    EXPERIMENT_PLANNED: {"combiner"},
+    GENERATION_DONE: {"generator"},
+    EVALUATION_DONE: {"evaluator"},
+    EVALUATION_SCORED: {"parser"},
+    TASK_FAILED: set(SERVICES),
+}
+"""Every service may give up on a message it cannot handle, with `TaskFailed`."""
+TASK_PUBLISHERS = {"generation": {"combiner", "daydream"}, "evaluation": {"evaluator", "daydream"}}
+"""The combiner plans generations, the evaluator fans out evaluations, `daydream rerun` re-sends both."""
+
+TASK_SUBJECTS = [task_subject(stage, tier) for stage in STAGES for tier in TIERS]
+
+
+def publishers_of(subject: str) -> set[str]:
+    if subject.startswith(TASK_CREATED_PREFIX):
+        return TASK_PUBLISHERS[subject.removeprefix(TASK_CREATED_PREFIX).split(".")[0]]
+    return EVENT_PUBLISHERS[subject]
+
+
+def published_by(user: str) -> list[str]:
+    return [subject for subject in [*EVENT_SUBJECTS, *TASK_SUBJECTS] if user in publishers_of(subject)]
 
 
 def owned_consumers(user: str) -> list[ConsumerSpec]:
-    """The durable consumers a service pulls from, by the naming of shared.topology."""
-    specs = consumer_specs(SETTINGS, DEFAULT_TIERS)
-    prefixes = {"combiner": ("combiner",), "generator": ("generator-",), "evaluator": ("evaluator-",),
-                "parser": ("parser",), "tracker": ("tracker-",)}[user]
-    return [spec for spec in specs if spec.durable.startswith(prefixes)]
+    return [spec for spec in CONSUMERS if CONSUMER_OWNERS[spec.durable] == user]
 
 
-def publisher_of(subject: str) -> str:
-    return next(user for user in USERS[1:] + ("daydream",) if subject in PUBLISHES[user])
+def foreign_consumers(user: str) -> list[ConsumerSpec]:
+    return [spec for spec in CONSUMERS if CONSUMER_OWNERS[spec.durable] != user]
+
+
+def stream_of(subject: str) -> str:
+    return TASKS_STREAM if subject.startswith(TASK_CREATED_PREFIX) else EVENTS_STREAM
 
 
 @pytest.fixture
@@ -107,14 +145,25 @@ class Session:
         await self.nc.flush()
         return [str(error) for error in self.errors if "permissions violation" in str(error).lower()]
 
-    async def refusals(self, timeout_s: float = 3.0) -> list[str]:
-        """Waits for the first refusal: the server's -ERR may trail the flush's PONG."""
+    async def refusals_once(self, done: Callable[[list[str]], bool], timeout_s: float = 3.0) -> list[str]:
+        """The refusals once `done` holds for them, or as they stand at the deadline: the
+        server's -ERR may trail the flush's PONG."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while not (found := await self.refusals_so_far()):
-            if asyncio.get_running_loop().time() > deadline:
-                return []
+        while not done(found := await self.refusals_so_far()) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
         return found
+
+    async def refusals(self) -> list[str]:
+        return await self.refusals_once(bool)
+
+    async def unrefused(self, subjects: list[str]) -> list[str]:
+        """Those of `subjects` the server has not refused this user (the client lower-cases -ERR texts)."""
+
+        def missing(found: list[str]) -> list[str]:
+            refused = " ".join(found).lower()
+            return [subject for subject in subjects if f'"{subject.lower()}"' not in refused]
+
+        return missing(await self.refusals_once(lambda found: not missing(found)))
 
 
 @pytest.fixture
@@ -133,10 +182,17 @@ async def connect(secured_nats: str) -> AsyncIterator[Callable]:
         return sessions[-1]
 
     admin = await as_user("daydream")
-    await ensure_topology(admin.js, SETTINGS)
+    await ensure_topology(admin.js, SETTINGS, TIER_SPECS)
     yield as_user
     for session in sessions:
         await session.nc.close()
+
+
+def test_every_subject_and_consumer_of_the_code_has_an_owner() -> None:
+    assert set(EVENT_PUBLISHERS) == set(EVENT_SUBJECTS), "give each event subject its publishers here"
+    assert set(TASK_PUBLISHERS) == set(STAGES), "give each stage's task subjects their publishers here"
+    unowned = {spec.durable for spec in CONSUMERS} - set(CONSUMER_OWNERS)
+    assert not unowned, f"consumers declared in shared.topology with no owning service here: {sorted(unowned)}"
 
 
 async def test_wrong_password_is_refused(secured_nats: str) -> None:
@@ -145,20 +201,22 @@ async def test_wrong_password_is_refused(secured_nats: str) -> None:
                            max_reconnect_attempts=0, connect_timeout=2)
 
 
-@pytest.mark.parametrize("user", ["combiner", "generator", "evaluator", "parser", "tracker"])
+@pytest.mark.parametrize("user", SERVICES)
 async def test_service_declares_publishes_and_pulls_its_own(user: str, connect: Callable) -> None:
     service = await connect(user)
     await ensure_streams(service.js, SETTINGS)
-    assert {info.name for info in await service.js.consumers_info(TASKS_STREAM)} >= {worker_consumer("generation", "free")}
-    for subject in PUBLISHES[user]:
+    if user in WORKERS.values():
+        listed = {info.name for info in await service.js.consumers_info(TASKS_STREAM)}
+        assert {spec.durable for spec in owned_consumers(user) if spec.stream == TASKS_STREAM} <= listed
+    for subject in published_by(user):
         ack = await service.js.publish(subject, b"{}")
-        assert ack.stream in (TASKS_STREAM, EVENTS_STREAM)
+        assert ack.stream == stream_of(subject)
 
     for spec in owned_consumers(user):
         await service.js.add_consumer(spec.stream, consumer_config(spec, SETTINGS))
         if spec.stream == DEAD_LETTERS_STREAM:
             continue
-        feeder = await connect(publisher_of(spec.subject))
+        feeder = await connect(sorted(publishers_of(spec.subject))[0])
         await feeder.js.publish(spec.subject, b"{}")
         subscription = await service.js.pull_subscribe_bind(spec.durable, spec.stream)
         [message] = await subscription.fetch(1, timeout=2)
@@ -170,17 +228,82 @@ async def test_service_declares_publishes_and_pulls_its_own(user: str, connect: 
     assert await service.refusals_so_far() == []
 
 
-@pytest.mark.parametrize(("user", "subject"), FORBIDDEN_PUBLISHES)
-async def test_service_is_refused_subjects_it_does_not_own(user: str, subject: str, connect: Callable) -> None:
+@pytest.mark.parametrize("user", USERS)
+async def test_service_is_refused_subjects_it_does_not_publish(user: str, connect: Callable) -> None:
     service = await connect(user)
     admin = await connect("daydream")
-    stream = TASKS_STREAM if subject.startswith("dd.task.created.") else EVENTS_STREAM
-    before = (await admin.js.stream_info(stream)).state.messages
+    forbidden = [subject for subject in [*EVENT_SUBJECTS, *TASK_SUBJECTS] if user not in publishers_of(subject)]
+    before = {stream: (await admin.js.stream_info(stream)).state.messages for stream in (TASKS_STREAM, EVENTS_STREAM)}
 
-    await service.nc.publish(subject, b"{}")
+    for subject in forbidden:
+        await service.nc.publish(subject, b"{}")
 
-    assert any(subject in refusal for refusal in await service.refusals())
-    assert (await admin.js.stream_info(stream)).state.messages == before
+    assert await service.unrefused(forbidden) == []
+    after = {stream: (await admin.js.stream_info(stream)).state.messages for stream in before}
+    assert after == before
+
+
+@pytest.mark.parametrize("user", SERVICES)
+async def test_service_may_not_read_pull_from_or_ack_another_services_consumers(user: str, connect: Callable) -> None:
+    service = await connect(user)
+    requests = [
+        f"$JS.API.CONSUMER.{verb}.{spec.stream}.{spec.durable}"
+        for spec in foreign_consumers(user)
+        for verb in ("INFO", "MSG.NEXT")
+    ]
+    acks = [f"$JS.ACK.{spec.stream}.{spec.durable}.1.1.1.0.0" for spec in foreign_consumers(user)]
+
+    for subject in [*requests, *acks]:
+        await service.nc.publish(subject, b"", reply=service.nc.new_inbox())
+
+    assert await service.unrefused([*requests, *acks]) == []
+
+
+@pytest.mark.parametrize("user", SERVICES)
+async def test_service_cannot_create_or_repoint_consumers_it_does_not_own(user: str, connect: Callable) -> None:
+    """Creating a consumer that exists updates it: a service that could, could steal another
+    service's messages by pointing that consumer (or its own) at their subject."""
+    service = await connect(user)
+    admin = await connect("daydream")
+    impatient = service.nc.jetstream(timeout=0.5)
+    attempts = [
+        replace(spec, subject=subject)
+        for spec in CONSUMERS
+        for subject in sorted({other.subject for other in CONSUMERS if other.stream == spec.stream})
+        if not (CONSUMER_OWNERS[spec.durable] == user and subject == spec.subject)
+    ]
+
+    outcomes = await asyncio.gather(
+        *(impatient.add_consumer(spec.stream, consumer_config(spec, SETTINGS)) for spec in attempts),
+        return_exceptions=True,
+    )
+
+    accepted = [(spec.durable, spec.subject) for spec, outcome in zip(attempts, outcomes)
+                if not isinstance(outcome, NatsTimeoutError)]
+    assert accepted == []
+    for spec in CONSUMERS:
+        assert (await admin.js.consumer_info(spec.stream, spec.durable)).config.filter_subject == spec.subject
+
+
+@pytest.mark.parametrize(("user", "other_stage"), [("generator", "evaluation"), ("evaluator", "generation")])
+async def test_a_worker_cannot_take_the_other_stages_tasks(user: str, other_stage: str, connect: Callable) -> None:
+    """The generator must not consume (nor acknowledge away) an evaluation task, nor the
+    evaluator a generation task: the task stays with the worker it was meant for."""
+    admin = await connect("daydream")
+    await admin.js.publish(task_subject(other_stage, "free"), b"{}")
+    victim = worker_consumer(other_stage, "free")
+    worker = await connect(user)
+
+    stolen = await worker.js.pull_subscribe_bind(victim, TASKS_STREAM)
+    with pytest.raises(NatsTimeoutError):
+        await stolen.fetch(1, timeout=1)
+    assert (await admin.js.consumer_info(TASKS_STREAM, victim)).num_pending == 1
+
+    rightful = await admin.js.pull_subscribe_bind(victim, TASKS_STREAM)
+    [delivered] = await rightful.fetch(1, timeout=2)
+    await worker.nc.publish(delivered.reply, b"+ACK")
+    assert await worker.unrefused([f"$JS.API.CONSUMER.MSG.NEXT.{TASKS_STREAM}.{victim}", delivered.reply]) == []
+    assert (await admin.js.consumer_info(TASKS_STREAM, victim)).num_ack_pending == 1
 
 
 @pytest.mark.parametrize(("user", "subject"), [("parser", "dd.>"), ("generator", GENERATION_DONE), ("tracker", "$JS.ACK.>")])
@@ -188,25 +311,6 @@ async def test_service_may_not_listen_in_on_core_subjects(user: str, subject: st
     service = await connect(user)
     await service.nc.subscribe(subject)
     assert any(f'subscription to "{subject}"'.lower() in refusal.lower() for refusal in await service.refusals())
-
-
-@pytest.mark.parametrize(
-    ("user", "stream", "consumer"),
-    [
-        ("generator", TASKS_STREAM, worker_consumer("evaluation", "paid")),
-        ("evaluator", TASKS_STREAM, worker_consumer("generation", "free")),
-        ("parser", EVENTS_STREAM, "tracker-evaluation-scored"),
-        ("combiner", EVENTS_STREAM, "parser"),
-    ],
-)
-async def test_service_cannot_declare_another_services_consumer(
-    user: str, stream: str, consumer: str, connect: Callable
-) -> None:
-    service = await connect(user)
-    spec = next(spec for spec in consumer_specs(SETTINGS, DEFAULT_TIERS) if spec.durable == consumer)
-    with pytest.raises(NatsTimeoutError):
-        await service.js.add_consumer(stream, consumer_config(spec, SETTINGS), timeout=0.5)
-    assert await service.refusals()
 
 
 @pytest.mark.parametrize("user", ["generator", "parser", "tracker"])
@@ -267,32 +371,26 @@ async def _fetch_eventually(subscription, attempts: int = 10) -> list:
     raise AssertionError("no dead-letter advisory arrived")
 
 
-SERVICE_STARTUP = {
-    "combiner": {"readers": [COMBINER_CONSUMER]},
-    "generator": {"stage": "generation"},
-    "evaluator": {"readers": [FANOUT_CONSUMER], "stage": "evaluation"},
-    "parser": {"readers": [PARSER_CONSUMER]},
-    "tracker": {"readers": [*TRACKER_SUBJECTS, DEAD_LETTER_CONSUMER]},
-}
-
-
-@pytest.mark.parametrize("user", list(SERVICE_STARTUP))
+@pytest.mark.parametrize("user", SERVICES)
 async def test_each_service_can_shape_its_topology_on_an_empty_server(user: str, secured_nats: str) -> None:
-    """What each service really does at start (shared.topology.ensure_service_topology), as its
-    own NATS user, on a server nobody has prepared."""
+    """What each service does at start (shared.topology.ensure_service_topology: its own event
+    readers, and its stage's worker consumers), as its own NATS user, on a server nobody has prepared."""
     errors: list[Exception] = []
 
     async def on_error(error: Exception) -> None:
         errors.append(error)
 
+    stage = next((stage for stage, worker in WORKERS.items() if worker == user), None)
+    readers = [spec for spec in owned_consumers(user) if spec.durable in READERS]
     nc = await nats.connect(secured_nats, user=user, password=f"pw-{user}", error_cb=on_error, allow_reconnect=False)
     try:
         js = nc.jetstream(timeout=2)
-        workers = await ensure_service_topology(js, SETTINGS, **SERVICE_STARTUP[user])
-        stage = SERVICE_STARTUP[user].get("stage")
+        workers = await ensure_service_topology(js, SETTINGS, readers=[spec.durable for spec in readers], stage=stage)
         assert {spec.subject for spec in workers} == (
             {task_subject(stage, tier.tier) for tier in DEFAULT_TIERS} if stage else set()
         )
+        for spec in readers:
+            assert (await js.consumer_info(spec.stream, spec.durable)).config.filter_subject == spec.subject
         await nc.flush()
     finally:
         await nc.close()
