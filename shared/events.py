@@ -54,6 +54,8 @@ class TemplateSpec(Contract):
 class EvaluationTemplateSpec(TemplateSpec):
     parser: str
     max_score: int
+    allow_decimals: bool = False
+    """Whether the scale has decimals: "6.5/10, rounded to 7" is then 6.5, else 7."""
 
 
 class ModelSpec(Contract):
@@ -159,6 +161,7 @@ class TaskCreated(Event):
     evaluation_model_id: SafeId | None = None
     parser: str | None = None
     max_score: int | None = None
+    allow_decimals: bool = False
     generation_truncated: bool = False
 
 

@@ -74,7 +74,9 @@ SCHEMAS = {
         GENERATION_TEMPLATES_CSV, ("template_id", "template_name", "description", "active")
     ),
     EVALUATION_TEMPLATES_CSV: CsvSchema(
-        EVALUATION_TEMPLATES_CSV, ("template_id", "template_name", "description", "active", "parser", "max_score")
+        EVALUATION_TEMPLATES_CSV,
+        ("template_id", "template_name", "description", "active", "parser", "max_score"),
+        ("allow_decimals",),
     ),
     MODELS_CSV: CsvSchema(
         MODELS_CSV,
@@ -653,6 +655,7 @@ class _Loader:
             active = self.flag(row, "active")
             any_active = any_active or bool(active)
             max_score = self.whole_number(row, "max_score")
+            allow_decimals = self.flag(row, "allow_decimals") if row["allow_decimals"] else False
             parser = row["parser"] or DEFAULT_PARSER
             if parser not in KNOWN_PARSERS:
                 self.problem(
@@ -662,7 +665,7 @@ class _Loader:
                     f"use one of: {', '.join(KNOWN_PARSERS)} (empty means {DEFAULT_PARSER})",
                 )
                 continue
-            if not active or max_score is None:
+            if not active or max_score is None or allow_decimals is None:
                 continue
             text = self.template_text(row, "evaluation_templates")
             if text is not None:
@@ -673,6 +676,7 @@ class _Loader:
                         text=text,
                         parser=parser,
                         max_score=max_score,
+                        allow_decimals=allow_decimals,
                     )
                 )
                 active_rows.append(row.values)

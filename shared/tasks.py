@@ -82,7 +82,7 @@ def generation_tasks(spec: ExperimentSpec) -> list[TaskCreated]:
                             task_id=task_id,
                             tier=tier_of(model, spec.tiers),
                             model=model,
-                            parameters=_parameters(model, spec.seed),
+                            parameters=_parameters(model, replicate_seed(spec.seed, replicate)),
                             prompt=prompt,
                             replicate=replicate,
                             fresh=spec.fresh,
@@ -138,6 +138,7 @@ def evaluation_tasks(generation: TaskCreated, response_text: str, truncated: boo
             evaluation_model_id=planned.model.id,
             parser=planned.template.parser,
             max_score=planned.template.max_score,
+            allow_decimals=planned.template.allow_decimals,
             generation_truncated=truncated,
         )
         for planned in planned_evaluations(generation)
@@ -167,6 +168,13 @@ def tier_of(model: ModelSpec, tiers: list[TierSpec]) -> TierSpec:
         if tier.tier == model.tier:
             return tier
     raise ValueError(f"model '{model.id}' uses tier '{model.tier}', which the experiment does not define")
+
+
+def replicate_seed(seed: int | None, replicate: int) -> int | None:
+    """Replicate i of a seeded experiment sends seed + i - 1, so its n replicates are n distinct
+    samples that are each reproducible. Unseeded replicates differ through the
+    `X-DayDream-Replicate` header the client sends (see `shared.llm`)."""
+    return None if seed is None else seed + replicate - 1
 
 
 def _parameters(model: ModelSpec, seed: int | None) -> CallParameters:

@@ -6,7 +6,8 @@ from shared.events import EvaluationDone, EvaluationScored
 
 def score_evaluation(done: EvaluationDone) -> EvaluationScored:
     parser = done.task.parser or DEFAULT_PARSER
-    result = parse_score(done.call.text, parser=parser, max_score=done.task.max_score or DEFAULT_MAX_SCORE)
+    result = parse_score(done.call.text, parser=parser, max_score=done.task.max_score or DEFAULT_MAX_SCORE,
+                         allow_decimals=done.task.allow_decimals)
     return EvaluationScored(
         task=done.task,
         parser=parser,
