@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from daydream import options
 from services.tracker.check import check as find_problems
-from services.tracker.db import engine_for, init_db
+from services.tracker.db import OutdatedSchema, engine_for, init_db
 from services.tracker.rebuild import RebuildError
 from services.tracker.rebuild import rebuild as rebuild_from_artifacts
 from services.tracker.recorder import Progress, Tracker
@@ -19,9 +19,15 @@ from services.tracker.summaries import latest_experiment_id, render_results_tabl
 
 console = Console()
 
+
 def _open(data_dir: Path) -> tuple[Path, Engine]:
+    """The data directory's database, its tables ready; exits saying so when `rebuild` must run first."""
     engine = engine_for(data_dir)
-    init_db(engine)
+    try:
+        init_db(engine)
+    except OutdatedSchema as error:
+        console.print(str(error), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from error
     return data_dir, engine
 
 
@@ -54,7 +60,8 @@ def results(
 
 
 def render_progress(progress: Progress) -> Table:
-    """Planned, done, failed and skipped per stage and tier, with spend so far."""
+    """Planned, done, failed and skipped per stage and tier, with spend so far (and what reused
+    responses saved, which is not spend)."""
     state = "[green]finished[/green]" if progress.finished else "[yellow]running[/yellow]"
     table = Table(title=f"{progress.experiment_id}: {state}")
     for header in ("stage", "tier", "planned", "done", "failed", "skipped"):
@@ -67,7 +74,8 @@ def render_progress(progress: Progress) -> Table:
         table.add_row(tier.stage, tier.tier, planned, str(tier.done), str(tier.failed), "")
     table.caption = (
         f"tokens in {progress.prompt_tokens:,} / out {progress.completion_tokens:,} · cost ${progress.cost_usd:.4f}"
-        f" · parse errors {progress.parse_errors}"
+        + (f" (reused responses saved ${progress.cost_saved_usd:.4f})" if progress.cost_saved_usd else "")
+        + f" · parse errors {progress.parse_errors}"
         + (f" · finished {progress.finished_at:%Y-%m-%d %H:%M:%S} UTC" if progress.finished_at else "")
     )
     return table
@@ -94,9 +102,8 @@ def status(
 
 def rebuild(data: Path = options.DATA) -> None:
     """Recreate the database and the cross-experiment CSVs from the artifact files alone."""
-    data_dir, engine = _open(data)
     try:
-        report = rebuild_from_artifacts(data_dir, engine)
+        report = rebuild_from_artifacts(data, engine_for(data))
     except RebuildError as error:
         console.print(str(error), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2) from error

@@ -219,6 +219,11 @@ class TaskFailed(Event):
     task: TaskCreated | None = None
 
 
+SKIPPED_TRUNCATED_GENERATION = "skipped_truncated_generation"
+"""The `TaskFailed.reason` of an evaluation not run because its generation was truncated and the
+experiment does not judge truncated generations: a choice, counted as skipped, not as failed."""
+
+
 # ---- subjects ----------------------------------------------------------------------------
 
 TASK_CREATED_PREFIX = "dd.task.created."

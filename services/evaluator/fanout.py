@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from shared.events import TASK_FAILED, GenerationDone, TaskFailed, message_id, task_subject
+from shared.events import (
+    SKIPPED_TRUNCATED_GENERATION,
+    TASK_FAILED,
+    GenerationDone,
+    TaskFailed,
+    message_id,
+    task_subject,
+)
 from shared.prompts import TemplateProblem
 from shared.tasks import evaluation_tasks, planned_evaluations
 
@@ -28,7 +35,7 @@ def evaluation_messages(done: GenerationDone) -> list[Outgoing]:
         ]
     return _unevaluated(
         done,
-        "skipped_truncated_generation",
+        SKIPPED_TRUNCATED_GENERATION,
         f"generation {done.task.task_id} was truncated (finish_reason=length) and the experiment does not "
         "evaluate truncated generations (DAYDREAM_EVALUATE_TRUNCATED=false)",
     )

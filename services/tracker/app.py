@@ -1,14 +1,13 @@
 """tracker: the single writer — every event becomes rows, artifact files and CSV lines."""
 
 import asyncio
-import json
 from datetime import datetime
 
 from faststream.nats import NatsMessage
 from nats.js.errors import NotFoundError
 
 from services.tracker.db import make_engine
-from services.tracker.dead_letters import failure_from_dead_letter
+from services.tracker.dead_letters import DEAD_LETTER_STAGE, MaxDeliveriesAdvisory, record_dead_letter
 from services.tracker.recorder import Tracker
 from shared import metrics
 from shared.events import (
@@ -62,17 +61,25 @@ def recorder_for(event_type, record):
     return handle
 
 
-async def record_dead_letter(msg: NatsMessage) -> None:
-    js = broker.config.connection_state.stream
-    sequence = json.loads(msg.body).get("stream_seq")
-    try:
-        stored = await js.get_msg(TASKS_STREAM, sequence)
-        payload = stored.data
-    except NotFoundError:
-        payload = None
-    tracker.record_failure(failure_from_dead_letter(msg.body, payload))
-    if payload is not None:
-        await js.delete_msg(TASKS_STREAM, sequence)
+class StoredTasks:
+    """The work-queue stream that still holds a dead-lettered task message."""
+
+    def __init__(self, js) -> None:
+        self.js = js
+
+    async def payload(self, sequence: int) -> bytes | None:
+        try:
+            return (await self.js.get_msg(TASKS_STREAM, sequence)).data
+        except NotFoundError:
+            return None
+
+    async def delete(self, sequence: int) -> None:
+        await self.js.delete_msg(TASKS_STREAM, sequence)
+
+
+async def handle_dead_letter(msg: NatsMessage) -> None:
+    advisory = await decode(broker, msg, MaxDeliveriesAdvisory, stage=DEAD_LETTER_STAGE)
+    await record_dead_letter(advisory, StoredTasks(broker.config.connection_state.stream), tracker.record_failure)
 
 
 async def publish_progress() -> None:
@@ -99,7 +106,7 @@ async def startup() -> None:
     await ensure_service_topology(await jetstream(broker), settings, readers=[*TRACKER_SUBJECTS, DEAD_LETTER_CONSUMER])
     for durable, (event_type, record) in RECORDERS.items():
         subscribe(broker, find_reader(settings, durable), recorder_for(event_type, record))
-    subscribe(broker, find_reader(settings, DEAD_LETTER_CONSUMER), record_dead_letter)
+    subscribe(broker, find_reader(settings, DEAD_LETTER_CONSUMER), handle_dead_letter)
     background.start(publish_progress())
 
 

@@ -1,5 +1,9 @@
 """Consistency checks between the database, the artifact files and the cross-experiment CSVs.
-Each problem names where it is and the command that fixes it."""
+Each problem names where it is and the command that fixes it.
+
+A cross-experiment CSV agrees with the database when, for every row whose line was appended, the
+CSV's current line for its (experiment_id, task_id) — the highest revision, see `recorder` — holds
+the row's values, and no revision appears twice."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from services.tracker.artifacts import Layout, read_csv_rows
-from services.tracker.recorder import RESULT_TABLES
+from services.tracker.recorder import CSV_COLUMNS, RESULT_TABLES, csv_header_problem, csv_line
 from services.tracker.tables import EvaluationResult, Failure, GenerationResult
 
 REBUILD = "run `daydream rebuild`"
@@ -21,7 +25,8 @@ REBUILD = "run `daydream rebuild`"
 @dataclass(frozen=True)
 class Problem:
     kind: str
-    """orphan, duplicate, missing_artifact, unrecorded_artifact, unreadable_artifact or missing_csv_line."""
+    """orphan, duplicate, missing_artifact, unrecorded_artifact, unreadable_artifact, missing_csv_line,
+    stale_csv_line, outdated_csv or foreign_csv."""
     where: str
     detail: str
     fix: str
@@ -116,25 +121,52 @@ def _csv_problems(layout: Layout, rows_by_stage) -> list[Problem]:
     problems = []
     for stage, rows in rows_by_stage.items():
         path = layout.cross_experiment_csv(stage)
-        lines = Counter((line["experiment_id"], line["task_id"]) for line in read_csv_rows(path))
-        for (experiment_id, task_id), count in sorted(lines.items()):
+        header_problem = csv_header_problem(path, stage)
+        if header_problem is not None:
+            problems.append(Problem(header_problem.kind, str(path), header_problem.detail, header_problem.fix))
+            continue
+        lines = read_csv_rows(path)
+        revisions = Counter((line["experiment_id"], line["task_id"], line["revision"]) for line in lines)
+        for (experiment_id, task_id, revision), count in sorted(revisions.items()):
             if count > 1:
                 problems.append(
                     Problem(
                         "duplicate",
                         str(path),
-                        f"{stage} {task_id} of experiment {experiment_id} appears {count} times",
+                        f"{stage} {task_id} of experiment {experiment_id}, revision {revision}, appears {count} times",
                         REBUILD,
                     )
                 )
+        current = _current_lines(lines)
         for row in rows:
-            if row.csv_appended and (row.experiment_id, row.task_id) not in lines:
-                problems.append(
-                    Problem(
-                        "missing_csv_line",
-                        str(path),
-                        f"{stage} {row.task_id} of experiment {row.experiment_id}",
-                        REBUILD,
-                    )
-                )
+            if not row.csv_appended:
+                continue
+            where = f"{stage} {row.task_id} of experiment {row.experiment_id}"
+            line = current.get((row.experiment_id, row.task_id))
+            if line is None:
+                problems.append(Problem("missing_csv_line", str(path), where, REBUILD))
+                continue
+            differences = _differences(line, csv_line(row, CSV_COLUMNS[stage]))
+            if differences:
+                problems.append(Problem("stale_csv_line", str(path), f"{where}: {differences}", REBUILD))
     return problems
+
+
+def _current_lines(lines: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
+    """The highest revision per (experiment_id, task_id); the later line wins a tie."""
+    current: dict[tuple[str, str], dict[str, str]] = {}
+    for line in lines:
+        key = (line["experiment_id"], line["task_id"])
+        if key not in current or int(line["revision"]) >= int(current[key]["revision"]):
+            current[key] = line
+    return current
+
+
+def _differences(line: dict[str, str], expected: dict) -> str:
+    """What the CSV's current line says against the database, compared as the CSV writes values."""
+    as_written = {column: "" if value is None else str(value) for column, value in expected.items()}
+    return "; ".join(
+        f"{column} is {line.get(column)!r} in the CSV, {value!r} in the database"
+        for column, value in as_written.items()
+        if line.get(column) != value
+    )

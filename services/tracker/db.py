@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.schema import CreateIndex
 from sqlmodel import SQLModel
 
@@ -42,15 +42,37 @@ def engine_for(data_dir: Path) -> Engine:
     return make_engine(Settings(data=data_dir).sqlalchemy_url())
 
 
+class OutdatedSchema(RuntimeError):
+    """Tables made by an earlier DayDream lack columns this one writes."""
+
+
 def init_db(engine: Engine) -> None:
     """Creates what is missing, indexes included: a database made before an index was added
     gets it too (create_all alone only indexes the tables it creates). `IF NOT EXISTS`, because
-    the CLI and the tracker may both start on the same database at once."""
+    the CLI and the tracker may both start on the same database at once. Missing columns are not
+    added: the tables are rebuilt from the artifacts instead, which fills them in."""
     SQLModel.metadata.create_all(engine, tables=[table.__table__ for table in tables.ALL_TABLES])
     with engine.begin() as connection:
         for table in tables.ALL_TABLES:
             for index in table.__table__.indexes:
                 connection.execute(CreateIndex(index, if_not_exists=True))
+    missing = _missing_columns(engine)
+    if missing:
+        raise OutdatedSchema(
+            f"the database {engine.url.render_as_string(hide_password=True)} was made by an earlier DayDream "
+            f"(missing {', '.join(missing)}); run `daydream rebuild` to recreate its tables from the artifact files"
+        )
+
+
+def _missing_columns(engine: Engine) -> list[str]:
+    inspector = inspect(engine)
+    missing = []
+    for table in tables.ALL_TABLES:
+        present = {column["name"] for column in inspector.get_columns(table.__tablename__)}
+        missing += [
+            f"{table.__tablename__}.{column.name}" for column in table.__table__.columns if column.name not in present
+        ]
+    return missing
 
 
 def drop_db(engine: Engine) -> None:

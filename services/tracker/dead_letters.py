@@ -1,33 +1,80 @@
-"""A task that JetStream gave up on (max deliveries) becomes a recorded failure, not a silence."""
+"""A task that JetStream gave up on (max deliveries) becomes a recorded failure, not a silence.
+
+JetStream publishes an advisory naming the task message's stream sequence; the message itself stays
+in the work-queue stream until someone deletes it. The tracker records the failure (with the task,
+so `daydream rerun --failed` can republish it), counts it in `daydream_tasks_failed_total` (no
+worker did: none settled the task), then deletes the message. A malformed advisory is handled like
+any malformed message (`shared.service.decode`): recorded as a `poison_message` and terminated.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
+from typing import Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from shared import metrics
 from shared.events import TaskCreated, TaskFailed
 
+DEAD_LETTER_STAGE = "dead_letter"
+"""The stage of a failure about the advisory itself, not about a task."""
 
-def failure_from_dead_letter(advisory: bytes, task_payload: bytes | None) -> TaskFailed:
-    notice = json.loads(advisory)
-    deliveries = int(notice.get("deliveries", 0))
-    where = f"{notice.get('stream')}/{notice.get('consumer')} seq {notice.get('stream_seq')}"
+
+class MaxDeliveriesAdvisory(BaseModel):
+    """The fields DayDream reads of `io.nats.jetstream.advisory.v1.max_deliver`."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+
+
+class DeadTasks(Protocol):
+    """The tasks stream, as far as dead letters need it."""
+
+    async def payload(self, sequence: int) -> bytes | None:
+        """The task message's body, or None when it is already gone."""
+
+    async def delete(self, sequence: int) -> None: ...
+
+
+async def record_dead_letter(
+    advisory: MaxDeliveriesAdvisory, tasks: DeadTasks, record_failure: Callable[[TaskFailed], None]
+) -> TaskFailed:
+    """Record and count the failure before deleting the message: a crash in between leaves the
+    message to be found again, and the same failure recorded twice is still one row."""
+    payload = await tasks.payload(advisory.stream_seq)
+    failure = failure_from_dead_letter(advisory, payload)
+    record_failure(failure)
+    metrics.observe_task_failed(failure.stage, failure.reason)
+    if payload is not None:
+        await tasks.delete(advisory.stream_seq)
+    return failure
+
+
+def failure_from_dead_letter(advisory: MaxDeliveriesAdvisory, task_payload: bytes | None) -> TaskFailed:
+    where = f"{advisory.stream}/{advisory.consumer} seq {advisory.stream_seq}"
     try:
         task = TaskCreated.model_validate_json(task_payload) if task_payload else None
     except ValidationError:
         task = None
     if task is None:
-        return TaskFailed(stage="unknown", experiment_id="unknown", task_id=f"dead-letter-{notice.get('stream_seq')}",
-                          reason="max_deliveries", message=f"undecodable message redelivered {deliveries} times ({where})",
-                          attempts=deliveries)
+        return TaskFailed(
+            stage="unknown",
+            experiment_id="unknown",
+            task_id=f"dead-letter-{advisory.stream_seq}",
+            reason="max_deliveries",
+            message=f"undecodable message redelivered {advisory.deliveries} times ({where})",
+            attempts=advisory.deliveries,
+        )
     return TaskFailed(
         stage=task.stage,
         experiment_id=task.experiment_id,
         task_id=task.task_id,
         reason="max_deliveries",
-        message=f"delivered {deliveries} times without being settled ({where})",
-        attempts=deliveries,
+        message=f"delivered {advisory.deliveries} times without being settled ({where})",
+        attempts=advisory.deliveries,
         tier=task.tier.tier,
         model_id=task.model.id,
         task=task,

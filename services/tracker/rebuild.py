@@ -4,6 +4,11 @@ Sources: DIR/experiments/<id>/events/{requested,planned}*.json and failures/*.js
 JSON next to every response (task fields, call, paths of its prompt and response files), the
 `.score.json` next to every evaluation response, and DIR/combo_mappings.csv. Every file is read and
 validated before anything is deleted, so a bad file stops the rebuild with the old state intact.
+
+Files are replayed in the order their events happened (by their own timestamps), so a task that was
+rerun or re-scored gets its revisions, and their CSV lines, in the order they happened.
+A cross-experiment CSV with an earlier DayDream's header is replaced like a current one; one with
+columns DayDream never wrote is refused and left alone.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from services.tracker.artifacts import EXPERIMENTS_DIR, Layout, read_csv_header, read_csv_rows
+from services.tracker.artifacts import EXPERIMENTS_DIR, Layout, read_csv_rows
 from services.tracker.db import drop_db
 from services.tracker.recorder import (
     CSV_COLUMNS,
     ResultFiles,
     Tracker,
     as_utc,
+    csv_header_problem,
     task_from_kept_fields,
 )
 from services.tracker.tables import ComboMapping
@@ -58,6 +64,7 @@ class _Replay:
     """One file's contribution, kept until every file has been read."""
 
     sort_key: tuple
+    """(when it happened, kind, name): kinds break ties in the order events follow one another."""
     apply: Callable[[Tracker], None]
 
 
@@ -82,7 +89,7 @@ def _result_replay(layout: Layout, path: Path, stage: str) -> _Replay:
             prompt_chars=record["prompt_chars"],
         )
         store = Tracker.store_generation if stage == "generation" else Tracker.store_evaluation
-        return _Replay((2, as_utc(call.finished_at), task.task_id), lambda tracker: store(tracker, task, call, files))
+        return _Replay((as_utc(call.finished_at), 2, task.task_id), lambda tracker: store(tracker, task, call, files))
 
     return _load(path, parse)
 
@@ -91,7 +98,7 @@ def _score_replay(layout: Layout, path: Path) -> _Replay:
     def parse(record: dict) -> _Replay:
         event = EvaluationScored.model_validate({**record, "task": task_from_kept_fields(record["task"])})
         return _Replay(
-            (3, as_utc(event.emitted_at), event.task.task_id),
+            (as_utc(event.emitted_at), 3, event.task.task_id),
             lambda tracker: tracker.store_score(event, layout.relative(path)),
         )
 
@@ -113,15 +120,15 @@ def _collect(layout: Layout, report: RebuildReport) -> list[_Replay]:
         for path in sorted(events_dir.glob("requested*.json")):
             requested = _load(path, ExperimentRequested.model_validate)
             add(
-                _Replay((0, as_utc(requested.emitted_at), path.name), lambda t, e=requested: t.store_requested(e)), path
+                _Replay((as_utc(requested.emitted_at), 0, path.name), lambda t, e=requested: t.store_requested(e)), path
             )
         for path in sorted(events_dir.glob("planned*.json")):
             planned = _load(path, ExperimentPlanned.model_validate)
-            add(_Replay((1, as_utc(planned.emitted_at), path.name), lambda t, e=planned: t.store_planned(e)), path)
+            add(_Replay((as_utc(planned.emitted_at), 1, path.name), lambda t, e=planned: t.store_planned(e)), path)
         for path in sorted(events_dir.glob("failures/*.json")):
             failed = _load(path, TaskFailed.model_validate)
             store = partial(Tracker.store_failure, event=failed, failure_path=layout.relative(path))
-            add(_Replay((4, as_utc(failed.emitted_at), failed.task_id), lambda t, s=store: s(t)), path, "failures")
+            add(_Replay((as_utc(failed.emitted_at), 4, failed.task_id), lambda t, s=store: s(t)), path, "failures")
     for stage, counter in (("generation", "generations"), ("evaluation", "evaluations")):
         for path in sorted(layout.responses_dir(stage).glob("*.json")):
             if path.name.endswith(".score.json"):
@@ -156,13 +163,10 @@ def _combo_mappings(layout: Layout) -> list[ComboMapping]:
 
 def _refuse_foreign_csvs(layout: Layout) -> None:
     """A cross-experiment CSV with other columns (say, the original pipeline's) is not ours to delete."""
-    for stage, columns in CSV_COLUMNS.items():
-        path = layout.cross_experiment_csv(stage)
-        if path.exists() and path.stat().st_size and read_csv_header(path) != list(columns):
-            raise RebuildError(
-                f"{path} has columns this tracker did not write; move it aside (it is kept as it is), "
-                "then run `daydream rebuild` again."
-            )
+    for stage in CSV_COLUMNS:
+        problem = csv_header_problem(layout.cross_experiment_csv(stage), stage)
+        if problem is not None and problem.kind == "foreign_csv":
+            raise RebuildError(f"{problem.detail}; {problem.fix} again.")
 
 
 def rebuild(data_dir: Path, engine: Engine) -> RebuildReport:

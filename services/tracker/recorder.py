@@ -4,11 +4,22 @@ Events arrive in any order and more than once. Every write is keyed on (experime
 and compares before it changes anything: a redelivered event changes nothing; a newer call for the
 same task (a rerun) replaces the row's values; a success resolves an earlier failure.
 
-Cross-experiment CSVs get exactly one line per completed task. A line is appended only when its row
-is complete and `csv_appended` is false, and the flag is committed right after the append. A crash
-between the two leaves the flag false with the line already written; the tracker service calls
-`reconcile_csvs()` on start, which appends only the pending rows whose key is not in the CSV yet and
-sets their flags. Constructing a `Tracker` writes nothing, so commands may use one for queries.
+Cross-experiment CSVs are append-only logs of each result's states. A line is appended when a row
+becomes complete, and again whenever a complete row's values change (a rerun's newer call, a re-score
+with another verdict); each line carries the row's `revision`, 1 for its first complete state. Rule
+for readers: per (experiment_id, task_id), the line with the highest revision — also the last one in
+the file — is the current state; earlier lines are history. A generation is complete when recorded;
+an evaluation once its answer, its score and its generation (which names the generation model) are.
+A score re-emitted with the verdict already recorded changes nothing, not even `scored_at`.
+
+`csv_appended` says the current revision's line is in the CSV; it is committed right after the
+append. A crash between the two leaves the flag false with the line already written; the tracker
+service calls `reconcile_csvs()` on start, which appends only the pending revisions not in the CSV
+yet and sets their flags. A CSV with an earlier DayDream's header (without `revision`, and for
+evaluations `generation_model`) is never appended to: the tracker refuses to start on one
+(`reconcile_csvs` raises, naming the file and the fix, `daydream rebuild`, which rewrites it from the
+artifacts). It is not migrated in place: its lines cannot be told apart from stale ones. Constructing
+a `Tracker` writes nothing, so commands may use one for queries.
 
 Artifacts are written before the row that names them, so a row never points at a file that was
 never written, and every artifact carries what its row needs (see `rebuild`).
@@ -21,15 +32,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, and_, case, func, update
 from sqlmodel import Session, SQLModel, select
 
 from services.tracker.artifacts import (
+    CsvHeaderMismatch,
     Layout,
     append_csv_rows,
+    read_csv_header,
     read_csv_rows,
     task_artifact_names,
     to_json,
@@ -45,6 +58,7 @@ from services.tracker.tables import (
     LlmCall,
 )
 from shared.events import (
+    SKIPPED_TRUNCATED_GENERATION,
     CallRecord,
     EvaluationDone,
     EvaluationScored,
@@ -58,21 +72,27 @@ from shared.files import atomic_write_text
 from shared.ids import COMBO_ID_VERSION
 
 GENERATION_CSV_COLUMNS = (
-    "experiment_id", "task_id", "combo_id", "generation_template_id", "generation_model_id",
+    "experiment_id", "task_id", "revision", "combo_id", "generation_template_id", "generation_model_id",
     "generation_model", "tier", "replicate", "status", "started_at", "finished_at",
     "prompt_path", "response_path", "call_path", "prompt_chars", "response_chars",
     "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost_usd", "finish_reason",
     "truncated", "cached",
 )  # fmt: skip
 EVALUATION_CSV_COLUMNS = (
-    "experiment_id", "task_id", "generation_task_id", "combo_id", "generation_template_id",
-    "generation_model_id", "evaluation_template_id", "evaluation_model_id", "evaluation_model",
+    "experiment_id", "task_id", "revision", "generation_task_id", "combo_id", "generation_template_id",
+    "generation_model_id", "generation_model", "evaluation_template_id", "evaluation_model_id", "evaluation_model",
     "tier", "replicate", "status", "started_at", "finished_at", "scored_at",
     "prompt_path", "response_path", "call_path", "score_path", "prompt_chars", "response_chars",
     "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost_usd", "finish_reason",
     "truncated", "cached", "generation_truncated", "score", "max_score", "parse_error", "parser",
 )  # fmt: skip
 CSV_COLUMNS = {"generation": GENERATION_CSV_COLUMNS, "evaluation": EVALUATION_CSV_COLUMNS}
+ADDED_CSV_COLUMNS = {"generation": ("revision",), "evaluation": ("revision", "generation_model")}
+"""Columns an earlier DayDream did not write."""
+EARLIER_CSV_COLUMNS = {
+    stage: tuple(column for column in columns if column not in ADDED_CSV_COLUMNS[stage])
+    for stage, columns in CSV_COLUMNS.items()
+}
 RESULT_TABLES: dict[str, type[GenerationResult] | type[EvaluationResult]] = {
     "generation": GenerationResult,
     "evaluation": EvaluationResult,
@@ -124,8 +144,46 @@ class Progress(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    """Spent: a reused (cached) response carries its first call's cost but costs nothing again."""
+    cost_saved_usd: float = 0.0
+    """What the reused responses cost when they were first paid for."""
+    planning_error: str | None = None
+    """Why the combiner refused to plan the experiment: then no task will ever come."""
     finished: bool = False
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CsvHeaderProblem:
+    """Why a cross-experiment CSV must not be appended to, and what to do about it."""
+
+    kind: str
+    """outdated_csv (an earlier DayDream's header) or foreign_csv."""
+    detail: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.detail}; fix: {self.fix}"
+
+
+def csv_header_problem(path: Path, stage: str) -> CsvHeaderProblem | None:
+    """None when the CSV is absent, empty or has this tracker's header."""
+    if not path.exists() or not path.stat().st_size:
+        return None
+    header = tuple(read_csv_header(path))
+    if header == CSV_COLUMNS[stage]:
+        return None
+    if header == EARLIER_CSV_COLUMNS[stage]:
+        return CsvHeaderProblem(
+            "outdated_csv",
+            f"{path} was written by an earlier DayDream (it lacks {', '.join(ADDED_CSV_COLUMNS[stage])})",
+            "run `daydream rebuild`: it rewrites the file from the artifacts",
+        )
+    return CsvHeaderProblem(
+        "foreign_csv",
+        f"{path} has columns this tracker did not write",
+        "move it aside (it is kept as it is), then run `daydream rebuild`",
+    )
 
 
 @dataclass(frozen=True)
@@ -136,6 +194,22 @@ class ResultFiles:
     response_path: str
     call_path: str
     prompt_chars: int
+
+
+class RecordedGeneration(NamedTuple):
+    """A generation's text, read back from its response file, and whether it was cut short."""
+
+    text: str
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class RecordedResults:
+    """What `daydream rerun` needs to know of an experiment's results: each recorded generation
+    (its text renders its evaluations' prompts) and the evaluations that reported."""
+
+    generations: dict[str, RecordedGeneration]
+    evaluations: set[str]
 
 
 def kept_task_fields(task: TaskCreated) -> dict[str, Any]:
@@ -180,6 +254,10 @@ class Tracker:
         self.store_evaluation(event.task, event.call, files)
 
     def record_score(self, event: EvaluationScored) -> None:
+        """A re-emitted score whose verdict is already recorded (the parser read the same answer
+        again) writes no file and changes no row."""
+        if self._verdict_recorded(event):
+            return
         task = event.task
         record = event.model_dump(mode="json")
         record["task"] = kept_task_fields(task)
@@ -257,7 +335,9 @@ class Tracker:
     def store_generation(self, task: TaskCreated, call: CallRecord, files: ResultFiles) -> None:
         with Session(self.engine) as session:
             row = self._result_row(session, GenerationResult, task.experiment_id, task.task_id)
+            named: list[EvaluationResult] = []
             if row is None or as_utc(call.finished_at) > row.finished_at:
+                before = _complete_line("generation", row)
                 values = dict(
                     experiment_id=task.experiment_id,
                     task_id=task.task_id,
@@ -271,27 +351,33 @@ class Tracker:
                     **_call_values(call, files),
                 )
                 row = _assign(row or GenerationResult(**values), values)
+                _revise("generation", row, before)
                 session.add(row)
                 self._store_call(session, task, call)
+                named = self._name_generation_model(session, row)
             experiment = self._after_success(session, task.experiment_id, task.task_id, as_utc(call.started_at))
             _refresh_finished(session, experiment)
-            line = _owed_csv_line("generation", row)
+            generation_lines = _owed_csv_lines("generation", [row])
+            evaluation_lines = _owed_csv_lines("evaluation", named)
             session.commit()
-        self._append_csv_line("generation", line)
+        self._append_csv_lines("generation", generation_lines)
+        self._append_csv_lines("evaluation", evaluation_lines)
 
     def store_evaluation(self, task: TaskCreated, call: CallRecord, files: ResultFiles) -> None:
         with Session(self.engine) as session:
             row = self._evaluation_row(session, task)
             if row.finished_at is None or as_utc(call.finished_at) > row.finished_at:
+                before = _complete_line("evaluation", row)
                 _assign(row, {"has_response": True, **_call_values(call, files)})
                 row.status = _evaluation_status(row)
+                _revise("evaluation", row, before)
                 session.add(row)
                 self._store_call(session, task, call)
             experiment = self._after_success(session, task.experiment_id, task.task_id, as_utc(call.started_at))
             _refresh_finished(session, experiment)
-            line = _owed_csv_line("evaluation", row)
+            lines = _owed_csv_lines("evaluation", [row])
             session.commit()
-        self._append_csv_line("evaluation", line)
+        self._append_csv_lines("evaluation", lines)
 
     def store_score(self, event: EvaluationScored, score_path: str) -> None:
         task = event.task
@@ -299,6 +385,7 @@ class Tracker:
         with Session(self.engine) as session:
             row = self._evaluation_row(session, task)
             if row.scored_at is None or scored_at > row.scored_at:
+                before = _complete_line("evaluation", row)
                 _assign(
                     row,
                     dict(
@@ -312,12 +399,13 @@ class Tracker:
                     ),
                 )
                 row.status = _evaluation_status(row)
+                _revise("evaluation", row, before)
                 session.add(row)
             experiment = self._after_success(session, task.experiment_id, task.task_id, None)
             _refresh_finished(session, experiment)
-            line = _owed_csv_line("evaluation", row)
+            lines = _owed_csv_lines("evaluation", [row])
             session.commit()
-        self._append_csv_line("evaluation", line)
+        self._append_csv_lines("evaluation", lines)
 
     def store_failure(self, event: TaskFailed, failure_path: str) -> None:
         failed_at = as_utc(event.emitted_at)
@@ -378,6 +466,27 @@ class Tracker:
             ).all()
         return [TaskCreated.model_validate(failure.task) for failure in failures if failure.task is not None]
 
+    def recorded_results(self, experiment_id: str) -> RecordedResults:
+        with Session(self.engine) as session:
+            generations = session.exec(
+                select(GenerationResult.task_id, GenerationResult.response_path, GenerationResult.truncated).where(
+                    GenerationResult.experiment_id == experiment_id
+                )
+            ).all()
+            evaluations = session.exec(
+                select(EvaluationResult.task_id).where(EvaluationResult.experiment_id == experiment_id,
+                                                       EvaluationResult.has_response == True)  # noqa: E712
+            ).all()
+        return RecordedResults(
+            generations={
+                task_id: RecordedGeneration(
+                    text=self.layout.absolute(response_path).read_text(encoding="utf-8"), truncated=truncated
+                )
+                for task_id, response_path, truncated in generations
+            },
+            evaluations=set(evaluations),
+        )
+
     def progress(self, experiment_id: str) -> Progress:
         with Session(self.engine) as session:
             return _progress(session, experiment_id)
@@ -385,17 +494,22 @@ class Tracker:
     # ---- cross-experiment CSVs ---------------------------------------------------------------
 
     def reconcile_csvs(self) -> None:
-        """Finish appends a crash interrupted: rows still pending whose line may already be written."""
+        """Finish appends a crash interrupted: pending revisions whose line may already be written.
+        Refuses, before touching anything, a CSV it must not append to (see the module docstring)."""
+        for stage in CSV_COLUMNS:
+            problem = csv_header_problem(self.layout.cross_experiment_csv(stage), stage)
+            if problem is not None:
+                raise CsvHeaderMismatch(str(problem))
         for stage in CSV_COLUMNS:
             written = {
-                (line["experiment_id"], line["task_id"])
+                (line["experiment_id"], line["task_id"], line["revision"])
                 for line in read_csv_rows(self.layout.cross_experiment_csv(stage))
             }
             with Session(self.engine) as session:
                 pending = session.exec(_pending_csv_rows(stage)).all()
                 experiment_ids = sorted({row.experiment_id for row in pending})
                 for row in pending:
-                    if (row.experiment_id, row.task_id) in written:
+                    if (row.experiment_id, row.task_id, str(row.revision)) in written:
                         row.csv_appended = True
                         session.add(row)
                 session.commit()
@@ -419,20 +533,26 @@ class Tracker:
                 session.add(row)
             session.commit()
 
-    def _append_csv_line(self, stage: str, line: dict[str, Any] | None) -> None:
-        """Called after the row's commit: an event can complete only its own row, so its line is
-        the only one owed. The flag is set after the append, so a crash in between leaves a line
-        that `reconcile_csvs` recognises, never a duplicate."""
-        if line is None:
+    def _append_csv_lines(self, stage: str, lines: list[dict[str, Any]]) -> None:
+        """Called after the event's commit with the lines it owes: its own row's, and for a
+        generation those of the evaluations that were waiting for its model's name. The flags are
+        set after the append, so a crash in between leaves lines that `reconcile_csvs` recognises,
+        never a duplicate."""
+        if not lines:
             return
-        append_csv_rows(self.layout.cross_experiment_csv(stage), CSV_COLUMNS[stage], [line])
+        append_csv_rows(self.layout.cross_experiment_csv(stage), CSV_COLUMNS[stage], lines)
         table = RESULT_TABLES[stage]
         with self.engine.begin() as connection:
-            connection.execute(
-                update(table)
-                .where(table.experiment_id == line["experiment_id"], table.task_id == line["task_id"])
-                .values(csv_appended=True)
-            )
+            for line in lines:
+                connection.execute(
+                    update(table)
+                    .where(
+                        table.experiment_id == line["experiment_id"],
+                        table.task_id == line["task_id"],
+                        table.revision == line["revision"],
+                    )
+                    .values(csv_appended=True)
+                )
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -481,6 +601,12 @@ class Tracker:
             combo_id=task.combo_id,
             generation_template_id=task.generation_template_id,
             generation_model_id=task.generation_model_id,
+            generation_model=session.exec(
+                select(GenerationResult.generation_model).where(
+                    GenerationResult.experiment_id == task.experiment_id,
+                    GenerationResult.task_id == task.generation_task_id,
+                )
+            ).first(),
             evaluation_template_id=task.evaluation_template_id or "",
             evaluation_model_id=task.evaluation_model_id or task.model.id,
             evaluation_model=task.model.model,
@@ -490,6 +616,28 @@ class Tracker:
             generation_truncated=task.generation_truncated,
             status="pending",
         )
+
+    @staticmethod
+    def _name_generation_model(session: Session, generation: GenerationResult) -> list[EvaluationResult]:
+        """Evaluations recorded before their generation learn its model's name; returns them, as
+        some may now be complete and owed their first CSV line."""
+        waiting = session.exec(
+            select(EvaluationResult).where(
+                EvaluationResult.experiment_id == generation.experiment_id,
+                EvaluationResult.generation_task_id == generation.task_id,
+                EvaluationResult.generation_model.is_(None),
+            )
+        ).all()
+        for evaluation in waiting:
+            evaluation.generation_model = generation.generation_model
+            _revise("evaluation", evaluation, None)
+            session.add(evaluation)
+        return list(waiting)
+
+    def _verdict_recorded(self, event: EvaluationScored) -> bool:
+        with Session(self.engine) as session:
+            row = self._result_row(session, EvaluationResult, event.task.experiment_id, event.task.task_id)
+        return row is not None and row.has_score and _verdict(row) == _verdict(event)
 
     def _store_call(self, session: Session, task: TaskCreated, call: CallRecord) -> None:
         values = dict(
@@ -564,6 +712,10 @@ def _assign(row: SQLModel, values: dict[str, Any]) -> SQLModel:
     return row
 
 
+def _verdict(scored: EvaluationResult | EvaluationScored) -> tuple:
+    return scored.score, scored.parse_error, scored.parser, tuple(scored.candidates or ())
+
+
 def _evaluation_status(row: EvaluationResult) -> str:
     if not row.has_score:
         return "awaiting_score"
@@ -585,19 +737,39 @@ def _refresh_finished(session: Session, experiment: Experiment) -> None:
         session.add(experiment)
 
 
-def _owed_csv_line(stage: str, row: GenerationResult | EvaluationResult) -> dict[str, Any] | None:
-    """The row's CSV line if it is complete and not yet appended: `_pending_csv_rows`'s conditions.
-    Taken before the commit expires the row's attributes."""
-    if row.csv_appended or (stage == "evaluation" and not (row.has_response and row.has_score)):
-        return None
-    return csv_line(row, CSV_COLUMNS[stage])
+def _is_complete(stage: str, row: GenerationResult | EvaluationResult) -> bool:
+    """Whether the row has a CSV line; `_pending_csv_rows` asks the same in SQL."""
+    return stage == "generation" or (row.has_response and row.has_score and row.generation_model is not None)
+
+
+def _complete_line(stage: str, row: GenerationResult | EvaluationResult | None) -> dict[str, Any] | None:
+    """The row's CSV line as it stands, or None while it is not complete: taken before an update."""
+    return csv_line(row, CSV_COLUMNS[stage]) if row is not None and _is_complete(stage, row) else None
+
+
+def _revise(stage: str, row: GenerationResult | EvaluationResult, before: dict[str, Any] | None) -> None:
+    """After an update: a complete row whose line differs from its last complete state's takes
+    the next revision, whose line the CSV is then owed."""
+    if _is_complete(stage, row) and csv_line(row, CSV_COLUMNS[stage]) != before:
+        row.revision += 1
+        row.csv_appended = False
+
+
+def _owed_csv_lines(stage: str, rows: list[GenerationResult] | list[EvaluationResult]) -> list[dict[str, Any]]:
+    """The lines of those rows that are complete and not yet appended; taken before the commit
+    expires the rows' attributes."""
+    return [csv_line(row, CSV_COLUMNS[stage]) for row in rows if not row.csv_appended and _is_complete(stage, row)]
 
 
 def _pending_csv_rows(stage: str):
     table = RESULT_TABLES[stage]
     query = select(table).where(table.csv_appended == False)  # noqa: E712
     if stage == "evaluation":
-        query = query.where(table.has_response == True, table.has_score == True)  # noqa: E712
+        query = query.where(
+            table.has_response == True,  # noqa: E712
+            table.has_score == True,  # noqa: E712
+            table.generation_model.is_not(None),
+        )
     return query.order_by(table.finished_at, table.task_id)
 
 
@@ -686,15 +858,21 @@ def _progress(session: Session, experiment_id: str) -> Progress:
     failed_by_stage: dict[str, int] = defaultdict(int)
     for stage, tier, reason, count in failures:
         failures_by_reason[reason] += count
-        if stage in PROGRESS_STAGES:
+        # A truncated generation left unjudged is counted below as skipped, from the generation.
+        if stage in PROGRESS_STAGES and reason != SKIPPED_TRUNCATED_GENERATION:
             failed_by_stage[stage] += count
             failed[stage, tier or "?"] += count
+    planning_error = session.exec(
+        select(Failure.message).where(Failure.experiment_id == experiment_id, Failure.stage == "planning",
+                                      Failure.resolved == False)  # noqa: E712
+    ).first()
 
-    prompt_tokens, completion_tokens, cost = session.exec(
+    prompt_tokens, completion_tokens, spent, saved = session.exec(
         select(
             func.coalesce(func.sum(LlmCall.prompt_tokens), 0),
             func.coalesce(func.sum(LlmCall.completion_tokens), 0),
-            func.coalesce(func.sum(LlmCall.cost_usd), 0.0),
+            func.coalesce(func.sum(case((LlmCall.cached == False, LlmCall.cost_usd), else_=0.0)), 0.0),  # noqa: E712
+            func.coalesce(func.sum(case((LlmCall.cached == True, LlmCall.cost_usd), else_=0.0)), 0.0),  # noqa: E712
         ).where(LlmCall.experiment_id == experiment_id)
     ).one()
 
@@ -747,7 +925,9 @@ def _progress(session: Session, experiment_id: str) -> Progress:
         failures_by_reason=dict(failures_by_reason),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        cost_usd=float(cost),
+        cost_usd=float(spent),
+        cost_saved_usd=float(saved),
+        planning_error=planning_error,
         finished=finished,
         finished_at=_last_activity(session, experiment_id) if finished else None,
     )

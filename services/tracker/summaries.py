@@ -1,12 +1,20 @@
 """Results tables computed from the evaluation rows: parsed scores, grouped statistics, a pivot
 of scores per generation, evaluator agreement, and the top generations.
 
+Scales. Scores are reported raw, on their evaluation template's own scale, and never averaged
+across scales: every statistic, agreement row and ranked entry belongs to one evaluation template
+and max_score (the `evaluation_template_id` and `max_score` columns), so a judge asked for 0-9 and
+one asked for 0-100 are compared only with judges of the same rubric. A researcher comparing judges
+reads numbers in the unit the judges were given; a rescaled mean would hide that.
+
 Conventions (kept from the original pipeline's 9-point judges):
 - a score is *high* when it is at least 7/9 of its template's max_score and *low* when at most 3/9
   of it; a row whose max_score is unknown is read on the 9-point scale;
 - `std` is the sample standard deviation, left empty for a single score;
-- agreement between a generation's evaluators, by the range of their scores: high (<= 1),
-  moderate (<= 3), low (> 3); a generation with one evaluator is `single`.
+- agreement between a generation's evaluators of one template, by the range of their scores on the
+  9-point scale: high (<= 1), moderate (<= 3), low (> 3); one evaluator is `single`;
+- the top generations are ranked by their mean as a fraction of its scale's maximum, so rubrics of
+  different scales can share one ranking; each entry shows its raw mean and scale.
 """
 
 from __future__ import annotations
@@ -32,11 +40,12 @@ MODERATE_AGREEMENT_RANGE = 3
 
 PARSED_SCORES_COLUMNS = (
     "experiment_id", "task_id", "generation_task_id", "combo_id", "generation_template_id",
-    "generation_model_id", "evaluation_template_id", "evaluation_model_id", "evaluation_model",
+    "generation_model_id", "generation_model", "evaluation_template_id", "evaluation_model_id", "evaluation_model",
     "replicate", "status", "score", "max_score", "parse_error", "parser", "score_path",
 )  # fmt: skip
 STATISTICS_COLUMNS = ("count", "mean", "std", "min", "max", "high_count", "low_count")
-FINAL_RESULTS_COLUMNS = ("group_by", "group", *STATISTICS_COLUMNS)
+SCALE_COLUMNS = ("evaluation_template_id", "max_score")
+FINAL_RESULTS_COLUMNS = (*SCALE_COLUMNS, "group_by", "group", *STATISTICS_COLUMNS)
 GENERATION_COLUMNS = (
     "experiment_id",
     "generation_task_id",
@@ -44,7 +53,9 @@ GENERATION_COLUMNS = (
     "generation_template_id",
     "generation_model_id",
 )
-AGREEMENT_COLUMNS = (*GENERATION_COLUMNS, "evaluators", "mean", "std", "min", "max", "range", "agreement")
+AGREEMENT_COLUMNS = (
+    *GENERATION_COLUMNS, *SCALE_COLUMNS, "evaluators", "mean", "std", "min", "max", "range", "agreement",
+)  # fmt: skip
 
 GROUPINGS: dict[str, tuple[str, ...]] = {
     "generation_template": ("generation_template_id",),
@@ -59,16 +70,39 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class GenerationScore:
+    """The scores one generation got from the judges of one evaluation template."""
+
     experiment_id: str
     generation_task_id: str
     combo_id: str
     generation_template_id: str
     generation_model_id: str
+    evaluation_template_id: str
+    max_score: int | None
     scores: tuple[float, ...]
 
     @property
     def mean(self) -> float:
         return statistics.fmean(self.scores)
+
+    @property
+    def mean_fraction(self) -> float:
+        """The mean as a fraction of the scale's maximum: what ranks generations across rubrics."""
+        return self.mean / (self.max_score or NINE_POINT_SCALE)
+
+
+def on_nine_point_scale(value: float, max_score: int | None) -> float:
+    return value * NINE_POINT_SCALE / (max_score or NINE_POINT_SCALE)
+
+
+def _scale(row: EvaluationResult) -> tuple[str, int | None]:
+    return row.evaluation_template_id, row.max_score
+
+
+def _scale_key(scale: tuple[str, int | None]) -> tuple[str, int]:
+    """Sorts scales with an unknown max_score (None) among the known ones."""
+    template, maximum = scale
+    return template, maximum or 0
 
 
 def latest_experiment_id(engine: Engine) -> str | None:
@@ -89,11 +123,9 @@ def evaluation_rows(engine: Engine, experiment_id: str | None) -> list[Evaluatio
         return list(session.exec(query.order_by(EvaluationResult.experiment_id, EvaluationResult.task_id)).all())
 
 
-def describe(scores: list[float], max_scores: list[int | None]) -> dict[str, float | int | None]:
-    scaled = [
-        score * NINE_POINT_SCALE / (maximum or NINE_POINT_SCALE)
-        for score, maximum in zip(scores, max_scores, strict=True)
-    ]
+def describe(scores: list[float], max_score: int | None) -> dict[str, float | int | None]:
+    """Statistics of scores that share one scale."""
+    scaled = [on_nine_point_scale(score, max_score) for score in scores]
     return {
         "count": len(scores),
         "mean": round(statistics.fmean(scores), 4),
@@ -106,71 +138,78 @@ def describe(scores: list[float], max_scores: list[int | None]) -> dict[str, flo
 
 
 def final_results(rows: Iterable[EvaluationResult]) -> list[dict]:
-    """One long table: a block of rows per grouping, each row a group's statistics."""
-    scored = [row for row in rows if row.score is not None]
+    """One long table: per scale (evaluation template and max_score), a block of rows per grouping,
+    each row a group's statistics."""
+    by_scale: dict[tuple[str, int | None], list[EvaluationResult]] = defaultdict(list)
+    for row in rows:
+        if row.score is not None:
+            by_scale[_scale(row)].append(row)
     table = []
-    for group_by, fields in GROUPINGS.items():
-        groups: dict[str, list[EvaluationResult]] = defaultdict(list)
-        for row in scored:
-            groups[" x ".join(getattr(row, field) for field in fields) or "all"].append(row)
-        for group, members in sorted(groups.items()):
-            statistics_ = describe([m.score for m in members], [m.max_score for m in members])
-            table.append({"group_by": group_by, "group": group, **statistics_})
+    for (template, max_score), scored in sorted(by_scale.items(), key=lambda item: _scale_key(item[0])):
+        for group_by, fields in GROUPINGS.items():
+            groups: dict[str, list[float]] = defaultdict(list)
+            for row in scored:
+                groups[" x ".join(getattr(row, field) for field in fields) or "all"].append(row.score)
+            for group, scores in sorted(groups.items()):
+                table.append(
+                    {
+                        "evaluation_template_id": template,
+                        "max_score": max_score,
+                        "group_by": group_by,
+                        "group": group,
+                        **describe(scores, max_score),
+                    }
+                )
     return table
 
 
 def generation_scores(rows: Iterable[EvaluationResult]) -> list[GenerationScore]:
-    grouped: dict[tuple[str, str], list[EvaluationResult]] = defaultdict(list)
+    """Per generation and scale, in generation order."""
+    grouped: dict[tuple[str, str, tuple[str, int]], list[EvaluationResult]] = defaultdict(list)
     for row in rows:
         if row.score is not None:
-            grouped[row.experiment_id, row.generation_task_id].append(row)
+            grouped[row.experiment_id, row.generation_task_id, _scale_key(_scale(row))].append(row)
     return [
         GenerationScore(
-            experiment_id=experiment_id,
-            generation_task_id=generation_task_id,
+            experiment_id=members[0].experiment_id,
+            generation_task_id=members[0].generation_task_id,
             combo_id=members[0].combo_id,
             generation_template_id=members[0].generation_template_id,
             generation_model_id=members[0].generation_model_id,
+            evaluation_template_id=members[0].evaluation_template_id,
+            max_score=members[0].max_score,
             scores=tuple(member.score for member in members),
         )
-        for (experiment_id, generation_task_id), members in sorted(grouped.items())
+        for _, members in sorted(grouped.items())
     ]
-
-
-def _generation_fields(generation: GenerationScore) -> dict[str, str]:
-    return {column: getattr(generation, column) for column in GENERATION_COLUMNS}
 
 
 def score_pivot(rows: Iterable[EvaluationResult]) -> tuple[list[str], list[dict]]:
     """A row per generation, a column `<evaluation template>__<evaluation model>` per judge setup,
-    holding that setup's mean score for the generation."""
+    holding that setup's mean score for the generation (one setup is one scale)."""
+    generations: dict[tuple[str, str], dict] = {}
     cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    rows = [row for row in rows if row.score is not None]
     for row in rows:
-        cells[row.experiment_id, row.generation_task_id][
-            f"{row.evaluation_template_id}__{row.evaluation_model_id}"
-        ].append(row.score)
+        if row.score is None:
+            continue
+        key = (row.experiment_id, row.generation_task_id)
+        generations.setdefault(key, {column: getattr(row, column) for column in GENERATION_COLUMNS})
+        cells[key][f"{row.evaluation_template_id}__{row.evaluation_model_id}"].append(row.score)
     judge_columns = sorted({column for generation in cells.values() for column in generation})
-    table = []
-    for generation in generation_scores(rows):
-        scores = cells[generation.experiment_id, generation.generation_task_id]
-        table.append(
-            {
-                **_generation_fields(generation),
-                **{
-                    column: round(statistics.fmean(scores[column]), 4) for column in judge_columns if scores.get(column)
-                },
-            }
-        )
+    table = [
+        {**fields, **{column: round(statistics.fmean(scores), 4) for column, scores in cells[key].items()}}
+        for key, fields in sorted(generations.items())
+    ]
     return [*GENERATION_COLUMNS, *judge_columns], table
 
 
-def agreement_class(evaluators: int, score_range: float) -> str:
+def agreement_class(evaluators: int, score_range: float, max_score: int | None) -> str:
     if evaluators < 2:
         return "single"
-    if score_range <= HIGH_AGREEMENT_RANGE:
+    nine_point_range = on_nine_point_scale(score_range, max_score)
+    if nine_point_range <= HIGH_AGREEMENT_RANGE:
         return "high"
-    return "moderate" if score_range <= MODERATE_AGREEMENT_RANGE else "low"
+    return "moderate" if nine_point_range <= MODERATE_AGREEMENT_RANGE else "low"
 
 
 def evaluator_agreement(rows: Iterable[EvaluationResult]) -> list[dict]:
@@ -180,14 +219,14 @@ def evaluator_agreement(rows: Iterable[EvaluationResult]) -> list[dict]:
         score_range = max(scores) - min(scores)
         table.append(
             {
-                **_generation_fields(generation),
+                **{column: getattr(generation, column) for column in (*GENERATION_COLUMNS, *SCALE_COLUMNS)},
                 "evaluators": len(scores),
                 "mean": round(generation.mean, 4),
                 "std": round(statistics.stdev(scores), 4) if len(scores) > 1 else None,
                 "min": min(scores),
                 "max": max(scores),
                 "range": score_range,
-                "agreement": agreement_class(len(scores), score_range),
+                "agreement": agreement_class(len(scores), score_range, generation.max_score),
             }
         )
     return table
@@ -214,7 +253,7 @@ def write_results(engine: Engine, data_dir: Path, experiment_id: str | None) -> 
 def top_generations(engine: Engine, experiment_id: str | None, limit: int = 10) -> list[GenerationScore]:
     ranked = sorted(
         generation_scores(evaluation_rows(engine, experiment_id)),
-        key=lambda g: (-g.mean, -len(g.scores), g.experiment_id, g.generation_task_id),
+        key=lambda g: (-g.mean_fraction, -len(g.scores), g.experiment_id, g.generation_task_id),
     )
     return ranked[:limit]
 
@@ -239,7 +278,7 @@ def generation_models(engine: Engine, generations: Iterable[GenerationScore]) ->
 
 
 def render_results_table(engine: Engine, experiment_id: str | None, limit: int = 10) -> Table:
-    """The top generations by mean judge score, with the concepts they combined."""
+    """The top generations by mean judge score (per rubric), with the concepts they combined."""
     top = top_generations(engine, experiment_id, limit)
     concepts = combo_concepts(engine, (g.combo_id for g in top))
     models = generation_models(engine, top)
@@ -251,7 +290,8 @@ def render_results_table(engine: Engine, experiment_id: str | None, limit: int =
         ("concepts", lambda g: ", ".join(concepts.get(g.combo_id, [g.combo_id]))),
         ("template", lambda g: g.generation_template_id),
         ("model", lambda g: models.get((g.experiment_id, g.generation_task_id), g.generation_model_id)),
-        ("mean", lambda g: f"{g.mean:.2f}"),
+        ("rubric", lambda g: g.evaluation_template_id),
+        ("mean", lambda g: f"{g.mean:.2f} / {g.max_score or NINE_POINT_SCALE}"),
         ("judges", lambda g: str(len(g.scores))),
         ("generation task", lambda g: g.generation_task_id),
     ]

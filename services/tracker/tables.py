@@ -1,9 +1,9 @@
 """The tracker's tables: every row is keyed so that a redelivered event finds and updates it.
 
 The tracker counts, after every event, how many evaluations are scored, and at startup looks up the
-rows still owed a CSV line; the (experiment_id, has_score) and (experiment_id, csv_appended) indexes
-keep those lookups from scanning the whole experiment, which made recording slow down as the tables
-grew.
+rows still owed a CSV line (see `recorder` for `revision` and `csv_appended`); the (experiment_id,
+has_score) and (experiment_id, csv_appended) indexes keep those lookups from scanning the whole
+experiment, which made recording slow down as the tables grew.
 
 Timestamps are aware UTC (SQLModel's UTCDateTime: `timestamptz` on PostgreSQL). Artifact paths are
 stored relative to the data directory, so a data directory can be moved.
@@ -85,8 +85,10 @@ class GenerationResult(SQLModel, table=True):
     finish_reason: str | None = None
     truncated: bool
     cached: bool
+    revision: int = 0
+    """How many complete states the row has had: its current line in the cross-experiment CSV."""
     csv_appended: bool = False
-    """Set once this row's line is in 7_cross_experiment/generation_results.csv."""
+    """Set once the line of the current revision is in 7_cross_experiment/generation_results.csv."""
 
 
 class EvaluationResult(SQLModel, table=True):
@@ -106,6 +108,8 @@ class EvaluationResult(SQLModel, table=True):
     combo_id: str
     generation_template_id: str
     generation_model_id: str
+    generation_model: str | None = None
+    """The generation model's name, from the generation's row: unknown while that is not recorded."""
     evaluation_template_id: str
     evaluation_model_id: str
     evaluation_model: str
@@ -137,6 +141,7 @@ class EvaluationResult(SQLModel, table=True):
     candidates: list[float] | None = Field(default=None, sa_column=Column(JSON))
     score_path: str | None = None
     scored_at: datetime | None = None
+    revision: int = 0
     csv_appended: bool = False
 
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
@@ -15,9 +16,10 @@ from services.tracker.check import check as find_problems
 from services.tracker.db import make_engine
 from services.tracker.rebuild import RebuildError
 from services.tracker.rebuild import rebuild as rebuild_from_artifacts
-from services.tracker.recorder import Tracker
+from services.tracker.recorder import EARLIER_CSV_COLUMNS, Tracker
 from services.tracker.tables import GenerationResult
-from tests.unit.test_tracker_recorder import FakeExperiment, csv_keys, deliver, dump_tables
+from shared.events import EvaluationScored, GenerationDone
+from tests.unit.test_tracker_recorder import FakeExperiment, call, csv_keys, csv_lines, deliver, dump_tables
 
 
 @pytest.fixture
@@ -42,6 +44,25 @@ def run(data_dir: Path, command: str):
     return CliRunner().invoke(app, [command, "--data", str(data_dir)], env={"COLUMNS": "300"})
 
 
+def rerun_and_rescore(tracker: Tracker, fake: FakeExperiment) -> tuple[GenerationDone, EvaluationScored]:
+    """A fresh call for the first generation two hours on, and its first judge's answer re-scored
+    from 8.0 to 1.0 a day on: rows whose values move after their first CSV line."""
+    generation = fake.generations[0]
+    rerun = GenerationDone(
+        task=generation.task, call=call(generation.task.task_id, "a second take", fake.start + timedelta(hours=2))
+    )
+    rescored = fake.scores[0].model_copy(
+        update={"score": 1.0, "candidates": [1.0], "emitted_at": fake.start + timedelta(days=1, hours=1)}
+    )
+    deliver(tracker, rerun)
+    deliver(tracker, rescored)
+    return rerun, rescored
+
+
+def sorted_lines(data_dir: Path, stage: str) -> list[tuple]:
+    return sorted(tuple(line.values()) for line in csv_lines(data_dir, stage))
+
+
 def test_rebuild_after_losing_the_database_reproduces_every_row(recorded) -> None:
     data_dir, tracker, _ = recorded
     before = dump_tables(tracker.engine)
@@ -63,6 +84,24 @@ def test_rebuild_after_losing_the_database_reproduces_every_row(recorded) -> Non
     assert [task.task_id for task in rebuilt.failed_tasks("exp1")] == ["never_done"]
 
 
+def test_rebuild_replays_reruns_and_rescores_into_the_same_rows_and_csv_lines(recorded) -> None:
+    data_dir, tracker, first = recorded
+    rerun_and_rescore(tracker, first)
+    before = dump_tables(tracker.engine)
+    lines_before = {stage: sorted_lines(data_dir, stage) for stage in ("generation", "evaluation")}
+    tracker.engine.dispose()
+    for path in [*data_dir.glob("daydream.db*"), *(data_dir / "7_cross_experiment").glob("*.csv")]:
+        path.unlink()
+
+    assert run(data_dir, "rebuild").exit_code == 0
+    engine = make_engine(f"sqlite:///{data_dir / 'daydream.db'}")
+    assert dump_tables(engine) == before
+    assert {stage: sorted_lines(data_dir, stage) for stage in ("generation", "evaluation")} == lines_before
+    assert len(lines_before["generation"]) == 8 + 1 and len(lines_before["evaluation"]) == 16 + 1
+    assert find_problems(data_dir, engine) == []
+    engine.dispose()
+
+
 def test_rebuild_stops_on_an_unreadable_artifact_and_keeps_the_database(recorded) -> None:
     data_dir, tracker, first = recorded
     broken = data_dir / "3_generation" / "generation_responses" / f"{first.generations[0].task.task_id}.json"
@@ -78,6 +117,63 @@ def test_check_is_clean_after_a_normal_run(recorded) -> None:
     assert find_problems(data_dir, tracker.engine) == []
     outcome = run(data_dir, "check")
     assert outcome.exit_code == 0 and "clean" in outcome.output
+
+
+def test_check_finds_a_csv_whose_current_line_the_database_has_moved_past(recorded) -> None:
+    data_dir, tracker, first = recorded
+    _, rescored = rerun_and_rescore(tracker, first)
+    assert find_problems(data_dir, tracker.engine) == []
+    csv_path = data_dir / "7_cross_experiment" / "evaluation_results.csv"
+    *kept, superseding = csv_path.read_text().splitlines()
+    assert rescored.task.task_id in superseding
+    csv_path.write_text("\n".join(kept) + "\n")
+
+    [problem] = find_problems(data_dir, tracker.engine)
+    assert (problem.kind, problem.fix) == ("stale_csv_line", "run `daydream rebuild`")
+    assert rescored.task.task_id in problem.detail
+    assert "score is '8.0' in the CSV, '1.0' in the database" in problem.detail
+    assert "revision is '1' in the CSV, '2' in the database" in problem.detail
+    assert run(data_dir, "check").exit_code == 1
+
+    assert run(data_dir, "rebuild").exit_code == 0
+    assert run(data_dir, "check").exit_code == 0
+    current = [line for line in csv_lines(data_dir, "evaluation") if line["task_id"] == rescored.task.task_id]
+    assert [(line["experiment_id"], line["revision"], line["score"]) for line in current] == [
+        ("exp1", "1", "8.0"),
+        ("exp2", "1", "8.0"),
+        ("exp1", "2", "1.0"),
+    ]
+
+
+def test_a_csv_with_an_earlier_header_is_reported_and_rewritten_by_rebuild(recorded) -> None:
+    data_dir, tracker, _ = recorded
+    csv_path = data_dir / "7_cross_experiment" / "evaluation_results.csv"
+    lines_before = sorted_lines(data_dir, "evaluation")
+    csv_path.write_text(",".join(EARLIER_CSV_COLUMNS["evaluation"]) + "\n")
+
+    [problem] = find_problems(data_dir, tracker.engine)
+    assert problem.kind == "outdated_csv" and "generation_model" in problem.detail
+    assert "daydream rebuild" in problem.fix
+
+    assert run(data_dir, "rebuild").exit_code == 0
+    assert sorted_lines(data_dir, "evaluation") == lines_before
+    assert run(data_dir, "check").exit_code == 0
+
+
+def test_a_database_made_by_an_earlier_daydream_is_refused_until_rebuilt(recorded) -> None:
+    data_dir, tracker, _ = recorded
+    before = dump_tables(tracker.engine)
+    with tracker.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE evaluation_results DROP COLUMN generation_model"))
+    tracker.engine.dispose()
+
+    refused = run(data_dir, "check")
+    assert refused.exit_code == 2
+    assert "earlier DayDream (missing evaluation_results.generation_model)" in refused.output
+    assert "daydream rebuild" in refused.output
+
+    assert run(data_dir, "rebuild").exit_code == 0
+    assert dump_tables(make_engine(f"sqlite:///{data_dir / 'daydream.db'}")) == before
 
 
 def test_check_finds_a_deleted_artifact_and_says_how_to_fix_it(recorded) -> None:

@@ -239,11 +239,12 @@ def dump_tables(engine: Engine, experiment_ids: set[str] | None = None) -> dict[
     return dumped
 
 
+def csv_lines(data_dir: Path, stage: str) -> list[dict[str, str]]:
+    return read_csv_rows(data_dir / "7_cross_experiment" / f"{stage}_results.csv")
+
+
 def csv_keys(data_dir: Path, stage: str) -> list[tuple[str, str]]:
-    return sorted(
-        (row["experiment_id"], row["task_id"])
-        for row in read_csv_rows(data_dir / "7_cross_experiment" / f"{stage}_results.csv")
-    )
+    return sorted((row["experiment_id"], row["task_id"]) for row in csv_lines(data_dir, stage))
 
 
 @pytest.fixture
@@ -318,6 +319,10 @@ def test_a_whole_experiment_lands_in_every_table_file_and_csv(tracker: Tracker, 
         "vendor/judge-one",
     )
     assert generation_lines[0]["generation_model"] == "vendor/writer-one"
+    assert [line["generation_model"] for line in evaluation_lines[:4]] == ["vendor/writer-one"] * 2 + [
+        "vendor/writer-two"
+    ] * 2
+    assert {line["revision"] for line in [*generation_lines, *evaluation_lines]} == {"1"}
 
     progress = tracker.progress("exp1")
     assert progress.finished
@@ -329,6 +334,7 @@ def test_a_whole_experiment_lands_in_every_table_file_and_csv(tracker: Tracker, 
     assert progress.parse_errors == 1
     assert (progress.prompt_tokens, progress.completion_tokens) == (1200, 600)
     assert progress.cost_usd == pytest.approx(0.012)
+    assert progress.cost_saved_usd == 0
     assert [(t.stage, t.tier, t.planned, t.done) for t in progress.tiers] == [
         ("evaluation", "judges", 8, 8),
         ("generation", "writers", 4, 4),
@@ -355,13 +361,26 @@ def test_duplicated_shuffled_delivery_gives_the_same_state(tmp_path: Path, seed:
     assert shuffled.progress("exp1").finished
 
 
-def test_an_evaluation_line_waits_for_both_the_answer_and_its_score(tracker: Tracker, data_dir: Path) -> None:
+def test_an_evaluation_line_waits_for_its_answer_its_score_and_its_generation(
+    tracker: Tracker, data_dir: Path
+) -> None:
+    """The tracker may read the judge's events before the generation's: the line, which names the
+    generation model, is appended once all three are in, whatever their order."""
     fake = FakeExperiment()
     tracker.record_score(fake.scores[0])
     assert csv_keys(data_dir, "evaluation") == []
     tracker.record_evaluation(fake.evaluations[0])
     tracker.record_evaluation(fake.evaluations[0])
-    assert csv_keys(data_dir, "evaluation") == [("exp1", fake.evaluations[0].task.task_id)]
+    assert csv_keys(data_dir, "evaluation") == []
+    tracker.record_generation(fake.generations[0])
+    tracker.record_generation(fake.generations[0])
+    [line] = csv_lines(data_dir, "evaluation")
+    assert (line["task_id"], line["revision"], line["generation_model"], line["score"]) == (
+        fake.evaluations[0].task.task_id,
+        "1",
+        "vendor/writer-one",
+        "8.0",
+    )
 
 
 def test_a_failure_followed_by_success_counts_as_done(tracker: Tracker) -> None:
@@ -447,7 +466,46 @@ def test_a_rerun_inside_one_experiment_replaces_the_row_and_keeps_the_old_file(
     assert (
         data_dir / "3_generation" / "generation_responses" / f"{original.task.task_id}.txt"
     ).read_text() == original.call.text
-    assert csv_keys(data_dir, "generation") == [("exp1", original.task.task_id)]
+    lines = csv_lines(data_dir, "generation")
+    assert [(line["task_id"], line["revision"]) for line in lines] == [
+        (original.task.task_id, "1"),
+        (original.task.task_id, "2"),
+    ]
+    assert lines[-1]["response_path"] == row.response_path != lines[0]["response_path"]
+    assert row.revision == 2 and row.csv_appended
+
+
+def test_a_rescore_supersedes_the_evaluation_line_and_a_repeated_verdict_changes_nothing(
+    tracker: Tracker, data_dir: Path
+) -> None:
+    fake = FakeExperiment()
+    for event in fake.events():
+        deliver(tracker, event)
+    first = fake.scores[0]
+    rescored = first.model_copy(update={"score": 1.0, "candidates": [1.0], "emitted_at": T0 + timedelta(days=1)})
+    same_again = rescored.model_copy(update={"emitted_at": T0 + timedelta(days=2)})
+    responses = data_dir / "4_evaluation" / "evaluation_responses"
+    deliver(tracker, rescored)
+    score_files = sorted(responses.glob("*.score.json"))
+    deliver(tracker, same_again)
+    deliver(tracker, first)
+
+    mine = [line for line in csv_lines(data_dir, "evaluation") if line["task_id"] == first.task.task_id]
+    assert [(line["revision"], line["score"]) for line in mine] == [("1", "8.0"), ("2", "1.0")]
+    with Session(tracker.engine) as session:
+        row = session.exec(select(EvaluationResult).where(EvaluationResult.task_id == first.task.task_id)).one()
+    assert (row.score, row.revision, row.scored_at) == (1.0, 2, rescored.emitted_at)
+    assert sorted(responses.glob("*.score.json")) == score_files
+    assert len(score_files) == len(fake.scores) + 1
+
+
+def test_progress_counts_a_reused_response_as_saved_not_spent(tracker: Tracker) -> None:
+    fake = FakeExperiment()
+    paid, reused = fake.generations[:2]
+    tracker.record_generation(paid)
+    tracker.record_generation(reused.model_copy(update={"call": reused.call.model_copy(update={"cached": True})}))
+    progress = tracker.progress("exp1")
+    assert (progress.cost_usd, progress.cost_saved_usd) == (pytest.approx(0.001), pytest.approx(0.001))
 
 
 def test_reconcile_finishes_an_append_interrupted_by_a_crash(tracker: Tracker, data_dir: Path) -> None:
@@ -487,6 +545,18 @@ def test_failures_outside_the_planned_stages_are_reported_but_not_counted_as_tas
     assert [stage.failed for stage in progress.stages.values()] == [0, 0, 1]
 
 
+def test_the_tracker_refuses_to_start_on_a_csv_with_an_earlier_header_and_says_to_rebuild(
+    tracker: Tracker, data_dir: Path
+) -> None:
+    csv_path = data_dir / "7_cross_experiment" / "evaluation_results.csv"
+    csv_path.parent.mkdir(parents=True)
+    earlier = ",".join(column for column in EVALUATION_CSV_COLUMNS if column not in ("revision", "generation_model"))
+    csv_path.write_text(earlier + "\n")
+    with pytest.raises(CsvHeaderMismatch, match="evaluation_results.csv was written by an earlier DayDream.*rebuild"):
+        tracker.reconcile_csvs()
+    assert csv_path.read_text() == earlier + "\n"
+
+
 def test_a_cross_experiment_csv_with_foreign_columns_is_refused_not_mixed(tracker: Tracker, data_dir: Path) -> None:
     csv_path = data_dir / "7_cross_experiment" / "generation_results.csv"
     csv_path.parent.mkdir(parents=True)
@@ -494,3 +564,32 @@ def test_a_cross_experiment_csv_with_foreign_columns_is_refused_not_mixed(tracke
     with pytest.raises(CsvHeaderMismatch, match="generation_results.csv.*daydream rebuild"):
         tracker.record_generation(FakeExperiment().generations[0])
     assert csv_path.read_text() == "task_id,score\nold,5\n"
+
+
+def test_a_truncated_generation_left_unjudged_counts_its_evaluations_once_as_skipped(tracker: Tracker) -> None:
+    """The fan-out records why each evaluation will not run; progress must not count them twice."""
+    from services.evaluator.fanout import evaluation_messages
+
+    fake = FakeExperiment()
+    spec = fake.requested.spec.model_copy(update={"evaluate_truncated": False})
+    deliver(tracker, fake.requested.model_copy(update={"spec": spec}))
+    deliver(tracker, fake.planned)
+    first = fake.generations[0]
+    plan = first.task.evaluation_plan.model_copy(update={"evaluate_truncated": False})
+    cut = first.model_copy(update={"task": first.task.model_copy(update={"evaluation_plan": plan}),
+                                   "call": first.call.model_copy(update={"truncated": True})})
+    deliver(tracker, cut)
+    for _, failure, _ in evaluation_messages(cut):
+        deliver(tracker, failure)
+    evaluation = tracker.progress("exp1").stages["evaluation"]
+    assert (evaluation.failed, evaluation.skipped) == (0, 2)
+
+
+def test_a_refused_plan_is_reported_as_the_planning_error(tracker: Tracker) -> None:
+    """`daydream run` stops following an experiment the combiner could not plan."""
+    fake = FakeExperiment()
+    deliver(tracker, fake.requested)
+    assert tracker.progress("exp1").planning_error is None
+    deliver(tracker, TaskFailed(stage="planning", experiment_id="exp1", task_id="plan", reason="invalid_experiment",
+                                message="template essay: uses an undefined variable", attempts=1))
+    assert tracker.progress("exp1").planning_error == "template essay: uses an undefined variable"

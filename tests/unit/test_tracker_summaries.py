@@ -14,6 +14,7 @@ from services.tracker.artifacts import read_csv_rows
 from services.tracker.db import make_engine
 from services.tracker.recorder import Tracker
 from services.tracker.summaries import agreement_class, render_results_table
+from shared.events import EvaluationDone, EvaluationScored
 from tests.unit.test_tracker_recorder import FakeExperiment, deliver
 
 
@@ -40,9 +41,9 @@ def test_results_writes_every_table_with_hand_checked_numbers(finished) -> None:
     parsed = read_csv_rows(data_dir / "5_parsing" / "parsed_scores.csv")
     assert len(parsed) == 8 and parsed[-1]["parse_error"] == "no number found" and parsed[-1]["score"] == ""
 
-    final = {
-        (row["group_by"], row["group"]): row for row in read_csv_rows(data_dir / "6_summary" / "final_results.csv")
-    }
+    final_rows = read_csv_rows(data_dir / "6_summary" / "final_results.csv")
+    assert {(row["evaluation_template_id"], row["max_score"]) for row in final_rows} == {("judge", "9")}
+    final = {(row["group_by"], row["group"]): row for row in final_rows}
     overall = final["overall", "all"]
     assert int(overall["count"]) == 7
     assert float(overall["mean"]) == pytest.approx((8 + 7 + 5 + 6 + 9 + 9 + 2) / 7, abs=1e-4)
@@ -78,14 +79,55 @@ def test_results_writes_every_table_with_hand_checked_numbers(finished) -> None:
     assert "c1, c3" in outcome.output and "9.00" in outcome.output
 
 
-def test_agreement_classes_follow_the_range_of_scores() -> None:
-    assert [agreement_class(3, spread) for spread in (0, 1, 1.5, 3, 3.5)] == [
+def test_agreement_classes_follow_the_range_of_scores_on_the_nine_point_scale() -> None:
+    assert [agreement_class(3, spread, 9) for spread in (0, 1, 1.5, 3, 3.5)] == [
         "high",
         "high",
         "moderate",
         "moderate",
         "low",
     ]
+    assert [agreement_class(2, spread, 90) for spread in (10, 30, 35)] == ["high", "moderate", "low"]
+    assert agreement_class(1, 0, 9) == "single"
+
+
+def test_judges_on_different_scales_are_summarised_per_rubric_never_averaged_together(tmp_path: Path) -> None:
+    """The fake experiment's first judge answers a 0-100 rubric instead: 80, 50, 90, 20."""
+    data_dir = tmp_path / "data"
+    tracker = Tracker(data_dir, make_engine(f"sqlite:///{data_dir / 'daydream.db'}"))
+    fake = FakeExperiment()
+    for event in fake.events():
+        if isinstance(event, (EvaluationDone, EvaluationScored)) and event.task.evaluation_model_id == "em1":
+            task = event.task.model_copy(update={"evaluation_template_id": "novelty", "max_score": 100})
+            update = {"task": task}
+            if isinstance(event, EvaluationScored):
+                update |= {"score": event.score * 10}
+            event = event.model_copy(update=update)
+        deliver(tracker, event)
+    assert run(data_dir, "results").exit_code == 0
+
+    final = {
+        (row["evaluation_template_id"], row["max_score"], row["group_by"], row["group"]): row
+        for row in read_csv_rows(data_dir / "6_summary" / "final_results.csv")
+    }
+    novelty, judge = final["novelty", "100", "overall", "all"], final["judge", "9", "overall", "all"]
+    assert (novelty["count"], float(novelty["mean"]), novelty["high_count"], novelty["low_count"]) == (
+        "4", 60.0, "2", "1",
+    )  # fmt: skip
+    assert (judge["count"], float(judge["mean"])) == ("3", pytest.approx((7 + 6 + 9) / 3, abs=1e-4))
+    assert float(final["novelty", "100", "generation_model", "gm1"]["mean"]) == 85.0
+
+    agreement = read_csv_rows(data_dir / "6_summary" / "evaluator_agreement.csv")
+    assert [(row["evaluation_template_id"], row["evaluators"], row["mean"]) for row in agreement[:2]] == [
+        ("judge", "1", "7.0"),
+        ("novelty", "1", "80.0"),
+    ]
+
+    console = Console(width=200, record=True)
+    console.print(render_results_table(tracker.engine, "exp1", limit=2))
+    text = console.export_text()
+    assert "90.00 / 100" in text and "9.00 / 9" in text
+    tracker.engine.dispose()
 
 
 def test_the_results_table_ranks_generations_by_mean_score(finished) -> None:
@@ -120,7 +162,12 @@ def test_status_shows_progress_failures_and_spend(tmp_path: Path) -> None:
     cells = [line.replace("│", " ").split() for line in outcome.output.splitlines()]
     assert ["generation", "all", "4", "1", "1", "0"] in cells
     assert ["generation", "writers", "4", "1", "1"] in cells
-    assert "cost $0.0010" in outcome.output
+    assert "cost $0.0010" in outcome.output and "saved" not in outcome.output
+
+    reused = fake.generations[2]
+    tracker.record_generation(reused.model_copy(update={"call": reused.call.model_copy(update={"cached": True})}))
+    outcome = run(data_dir, "status", "exp1")
+    assert "cost $0.0010 (reused responses saved $0.0010)" in " ".join(outcome.output.split())
 
 
 def test_results_without_any_experiment_says_what_to_do(tmp_path: Path) -> None:
