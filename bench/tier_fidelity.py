@@ -1,18 +1,22 @@
 """Do tier caps turn into the throughput they promise? A free tier capped at 1 call in flight and a
-paid tier capped at 5 (no rpm limit), 200 generation calls each at the same time, against a fake
-LLM that takes 0.2 s per call.
+paid tier capped at 5 (no rpm limit), all tasks published at once, against a fake LLM with a fixed
+latency per call.
 
-    uv run python bench/tier_fidelity.py [--small]
+    uv run python bench/tier_fidelity.py [--latency S] [--free N] [--paid N]
+    uv run python bench/tier_fidelity.py --latency 0.1 --free 20 --paid 40   # issue 3's Done-when
 
 Figures per tier: achieved calls/s (first call started -> last call finished, from the call
-records) divided by the ideal cap / latency, and the peak number in flight the fake server saw
-for the tier's model (it must never exceed the cap).
+records) divided by the ideal cap / latency; the peak number in flight the fake server saw for the
+tier's model (it must never exceed the cap); and where the missing time goes — the HTTP overhead
+on top of the fake's latency, and the slot gap: from one call's end to the start of the call that
+took its slot (store, publish, ack, next pull, decode, store lookup).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 
 import nats
@@ -21,8 +25,8 @@ from common import fake_stats, machine, moment, read_events, report, running_sta
 from shared.events import GENERATION_DONE, CallParameters, ModelSpec, TaskCreated, TierSpec, message_id, task_subject
 from shared.topology import EVENTS_STREAM
 
-LATENCY_S = 0.2
-TIERS = [TierSpec(tier="free", max_concurrent=1), TierSpec(tier="paid", max_concurrent=5)]
+FREE = TierSpec(tier="free", max_concurrent=1)
+PAID = TierSpec(tier="paid", max_concurrent=5)
 
 
 def generation_task(tier: TierSpec, index: int) -> TaskCreated:
@@ -64,35 +68,47 @@ async def wait_for_done(nats_url: str, expected: int, timeout_s: float) -> None:
         await nc.close()
 
 
-def tier_figures(tier: TierSpec, events: list[dict], peak_in_flight: int) -> dict:
+def slot_gaps_s(calls: list[dict], cap: int) -> list[float]:
+    """The k-th call to finish frees the slot that the (cap + k)-th call to start takes."""
+    starts = sorted(moment(c["started_at"]) for c in calls)
+    finishes = sorted(moment(c["finished_at"]) for c in calls)
+    return [start - finish for start, finish in zip(starts[cap:], finishes, strict=False)]
+
+
+def tier_figures(tier: TierSpec, events: list[dict], peak_in_flight: int, latency_s: float) -> dict:
     calls = [event["call"] for event in events if event["task"]["tier"]["tier"] == tier.tier]
     span = max(moment(c["finished_at"]) for c in calls) - min(moment(c["started_at"]) for c in calls)
     achieved = len(calls) / span
-    ideal = tier.max_concurrent / LATENCY_S
+    ideal = tier.max_concurrent / latency_s
+    gaps = slot_gaps_s(calls, tier.max_concurrent)
     return {
         "cap": tier.max_concurrent,
         "calls": len(calls),
-        "span_s": round(span, 2),
+        "span_s": round(span, 3),
         "achieved_calls_per_s": round(achieved, 2),
-        "ideal_calls_per_s": ideal,
+        "ideal_calls_per_s": round(ideal, 2),
         "fidelity": round(achieved / ideal, 3),
         "peak_in_flight": peak_in_flight,
-        "mean_call_latency_s": round(sum(c["latency_s"] for c in calls) / len(calls), 3),
+        "mean_http_overhead_ms": round(1000 * (statistics.fmean(c["latency_s"] for c in calls) - latency_s), 1),
+        "median_slot_gap_ms": round(1000 * statistics.median(gaps), 1) if gaps else None,
+        "mean_slot_gap_ms": round(1000 * statistics.fmean(gaps), 1) if gaps else None,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", action="store_true", help="20 calls per tier")
-    parser.add_argument("--calls", type=int, default=None, help="calls per tier (default 200)")
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds the fake takes per call (default 0.2)")
+    parser.add_argument("--free", type=int, default=200, help="tasks on the free tier, cap 1 (default 200)")
+    parser.add_argument("--paid", type=int, default=200, help="tasks on the paid tier, cap 5 (default 200)")
     args = parser.parse_args()
-    per_tier = args.calls or (20 if args.small else 200)
-    tasks = [generation_task(tier, index) for tier in TIERS for index in range(per_tier)]
+    counts = {FREE.tier: args.free, PAID.tier: args.paid}
+    tiers = [tier for tier in (FREE, PAID) if counts[tier.tier]]
+    tasks = [generation_task(tier, index) for tier in tiers for index in range(counts[tier.tier])]
 
     host = machine()
-    with running_stack("tiers", TIERS, latency_s=LATENCY_S, services=("generator",)) as stack:
+    with running_stack("tiers", tiers, latency_s=args.latency, services=("generator",)) as stack:
         asyncio.run(publish_tasks(stack.nats_url, tasks))
-        slowest = per_tier * LATENCY_S / min(t.max_concurrent for t in TIERS)
+        slowest = max(counts[tier.tier] * args.latency / tier.max_concurrent for tier in tiers)
         asyncio.run(wait_for_done(stack.nats_url, len(tasks), timeout_s=3 * slowest + 60))
         stats = fake_stats(stack)
         events = read_events(stack.nats_url, GENERATION_DONE)
@@ -101,9 +117,12 @@ def main() -> None:
     result = {
         "benchmark": "tier_fidelity",
         "machine": host,
-        "latency_s": LATENCY_S,
+        "latency_s": args.latency,
         "fake_llm_calls": stats["total_calls"],
-        "tiers": {tier.tier: tier_figures(tier, events, peaks.get(f"fake/{tier.tier}-model", 0)) for tier in TIERS},
+        "tiers": {
+            tier.tier: tier_figures(tier, events, peaks.get(f"fake/{tier.tier}-model", 0), args.latency)
+            for tier in tiers
+        },
     }
     rows = []
     for name, figures in result["tiers"].items():
@@ -113,6 +132,9 @@ def main() -> None:
              f"{figures['achieved_calls_per_s']} / {figures['ideal_calls_per_s']}"),
             (f"{name}: fidelity", f"{figures['fidelity']:.1%}"),
             (f"{name}: peak in flight (fake server)", str(figures["peak_in_flight"])),
+            (f"{name}: HTTP overhead per call (ms)", str(figures["mean_http_overhead_ms"])),
+            (f"{name}: slot gap median / mean (ms)",
+             f"{figures['median_slot_gap_ms']} / {figures['mean_slot_gap_ms']}"),
         ]
     report("tier_fidelity", result, rows)
 

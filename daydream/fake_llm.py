@@ -1,6 +1,7 @@
 """A fake OpenAI-compatible LLM server: run whole experiments offline, and drill every failure.
 
-Answers are deterministic (seeded by a hash of the request body) and say plainly that they are
+Answers are deterministic (seeded by a hash of the request body and the `X-DayDream-Replicate`
+header, so unseeded replicates of one prompt are different samples) and say plainly that they are
 simulated. A generation answer echoes the concepts it finds in the prompt (lines starting with
 `- `, `* ` or `## `); a judge answer (the prompt contains `SCORE:`) ends with `SCORE: N`, N inside
 the scale the prompt names (e.g. "0-9", "1 to 10"), else 0..9.
@@ -21,9 +22,10 @@ deterministic fraction of request bodies, for fault matrices without special mod
 The header wins over the model name, which wins over the mixed mode.
 
 Latency: `latency_s` per call, or the `X-Fake-Latency` header (seconds) per request.
-`GET /stats` counts calls per model (in flight, peak, by status, by fault) and per request hash
-(started, completed); `POST /stats/reset` clears them; `GET /last_request` shows the last body and
-headers (the bearer token only as a SHA-256 prefix); `GET /health` says ok.
+`GET /stats` counts calls per model (in flight, peak, by status, by fault, when the first and the
+last call started) and per request hash (body + replicate; started, completed);
+`POST /stats/reset` clears them; `GET /last_request` shows the last body and headers (the bearer
+token only as a SHA-256 prefix); `GET /health` says ok.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from shared.llm import REPLICATE_HEADER
 
 SIMULATED_BANNER = "[SIMULATED RESPONSE — DayDream fake LLM, not a real model]"
 PROVIDER = "DayDream-Fake"
@@ -120,8 +124,14 @@ def fault_in_model(model: str) -> Fault | None:
     return parse_fault(spec) if marker else None
 
 
-def body_hash(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def body_hash(body: dict[str, Any], replicate: str | None = None) -> str:
+    """The fake's identity of a request. Replicate 1 (or no replicate header) is the body alone;
+    any other replicate of the same body is another request, with its own text and its own
+    line in `/stats`."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    if replicate not in (None, "1"):
+        canonical += f"|replicate={replicate}"
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def mixed_mode_fault(request_hash: str, rate: float, kinds: tuple[str, ...], times: int) -> Fault | None:
@@ -241,6 +251,9 @@ class Counters:
         """Returns which call of this request body this is (1 for the first)."""
         per_model = self._model(model)
         per_model["calls"] += 1
+        now = time.time()
+        per_model["first_started_at"] = per_model["first_started_at"] or now
+        per_model["last_started_at"] = now
         per_model["in_flight"] += 1
         per_model["peak_in_flight"] = max(per_model["peak_in_flight"], per_model["in_flight"])
         self.total_calls += 1
@@ -262,7 +275,16 @@ class Counters:
 
     def _model(self, model: str) -> dict[str, Any]:
         return self.models.setdefault(
-            model, {"in_flight": 0, "peak_in_flight": 0, "calls": 0, "by_status": {}, "faults": {}}
+            model,
+            {
+                "in_flight": 0,
+                "peak_in_flight": 0,
+                "calls": 0,
+                "by_status": {},
+                "faults": {},
+                "first_started_at": None,
+                "last_started_at": None,
+            },
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -365,7 +387,7 @@ class FakeLLM:
             return _error(400, "request needs a string 'model' and a list of 'messages'")
         self.counters.last_request = self._describe(request, body)
         model = body["model"]
-        request_hash = body_hash(body)
+        request_hash = body_hash(body, request.headers.get(REPLICATE_HEADER, "").strip() or None)
         call_number = self.counters.start(model, request_hash)
         status, fault_kind, completed = 500, None, False
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from faststream.exceptions import NackMessage
 from faststream.nats import NatsBroker, NatsMessage
 
-from shared import metrics
 from shared.events import (
     EVALUATION_DONE,
     GENERATION_DONE,
@@ -14,7 +13,6 @@ from shared.events import (
     TaskCreated,
     message_id,
 )
-from shared.lifecycle import BackgroundTasks
 from shared.llm import LLMClient
 from shared.llm_worker import Completed, GaveUp, LLMWorker, RetryLater
 from shared.response_store import ResponseStore
@@ -52,7 +50,6 @@ class LLMWorkers:
     def __init__(self, broker: NatsBroker, settings: Settings, stage: str, readers: tuple[str, ...] = ()) -> None:
         self.broker, self.settings, self.stage, self.readers = broker, settings, stage, readers
         self.worker: LLMWorker | None = None
-        self.background = BackgroundTasks()
 
     async def start(self) -> None:
         js = await jetstream(self.broker)
@@ -68,9 +65,7 @@ class LLMWorkers:
 
         for spec in specs:
             subscribe(self.broker, spec, handle, max_workers=spec.max_ack_pending)
-        self.background.start(metrics.poll_consumers(js, specs, 5.0))
 
     async def stop(self) -> None:
-        await self.background.stop()
         if self.worker:
             await self.worker.client.aclose()

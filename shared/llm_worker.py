@@ -54,13 +54,18 @@ class LLMWorker:
 
     def _limiter(self, task: TaskCreated) -> AsyncLimiter | None:
         """One `requests_per_minute` limiter per tier and process, on top of the server-side cap;
-        the rate travels with each task, so an experiment that changes it gets a limiter of its own."""
+        the rate travels with each task, so an experiment that changes it gets a limiter of its own.
+        Calls are spaced 60/rpm seconds apart, with no burst: a bucket as deep as the rate would let
+        a whole minute's calls out at once and then a second minute's worth inside the provider's
+        first window. Unlike the cap (`max_ack_pending`, global), the rate is per process: N
+        replicas of a worker allow up to N x requests_per_minute, so divide the provider's limit by
+        the number of replicas you run."""
         rpm = task.tier.requests_per_minute
         if not rpm:
             return None
         key = (task.tier.tier, rpm)
         if key not in self._limiters:
-            self._limiters[key] = AsyncLimiter(rpm, 60.0)
+            self._limiters[key] = AsyncLimiter(1, 60.0 / rpm)
         return self._limiters[key]
 
     async def stored_response(self, task: TaskCreated, key: str) -> CallRecord | None:
@@ -85,7 +90,8 @@ class LLMWorker:
                 if limiter:
                     await limiter.acquire()
                 record = await self.client.complete(
-                    task.model, task.prompt, task.parameters, attempt=attempt, request_hash=key
+                    task.model, task.prompt, task.parameters,
+                    attempt=attempt, request_hash=key, replicate=task.replicate,
                 )
         except LLMError as error:
             decision = decide(

@@ -3,7 +3,8 @@
 Transient failures (rate limits, 5xx, timeouts, broken or empty answers) are retried with
 exponential backoff and full jitter, so that many workers hit by the same outage do not come back
 in lockstep. A `Retry-After` from the server wins over our own backoff. Client errors (bad
-request, auth, payment, …) will fail the same way every time: they are never retried.
+request, auth, payment, …) and an empty answer cut by the token budget will fail the same way
+every time: they are never retried.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ PERMANENT_KINDS = frozenset(
         ErrorKind.FORBIDDEN,
         ErrorKind.NOT_FOUND,
         ErrorKind.OTHER_CLIENT_ERROR,
+        ErrorKind.TRUNCATED_EMPTY,
     }
 )
 

@@ -1,13 +1,16 @@
-"""The generator on a real nats-server against the fake LLM over real HTTP: tier caps hold
-across the cluster, retries honour the server, permanent errors fail once, and no paid call is
-ever made twice — not after a crash, not in a later experiment."""
+"""The generator and the evaluator on a real nats-server against the fake LLM over real HTTP:
+tier caps and rates hold, retries honour the server, permanent errors fail once, and no paid call
+is ever made twice — not after a crash, not in a later experiment, not for a redelivered
+generation."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import datetime
 
+import nats
 import pytest
 from typer.testing import CliRunner
 
@@ -15,8 +18,9 @@ from daydream.cli import app
 from daydream.stack import EmbeddedStack
 from services.tracker.db import engine_for
 from services.tracker.recorder import Tracker
-from shared.events import TierSpec
+from shared.events import GENERATION_DONE, EvaluationPlan, EvaluationTemplateSpec, ModelSpec, TierSpec
 from shared.settings import Settings
+from shared.topology import EVENTS_STREAM, FANOUT_CONSUMER, TASKS_STREAM
 from tests.e2e.harness import generation_task, publish_tasks, read_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -60,11 +64,12 @@ async def test_tier_caps_hold_at_the_server_and_throughput_reaches_them(workers:
     paid = [e["call"] for e in events if e["task"]["tier"]["tier"] == "paid"]
     free = [e["call"] for e in events if e["task"]["tier"]["tier"] == "free"]
     paid_ratio, free_ratio = throughput(paid) / (5 / 0.1), throughput(free) / (1 / 0.1)
-    print(f"throughput vs ideal cap/latency: paid {paid_ratio:.2f}, free {free_ratio:.2f}")
-    # The figure itself is a benchmark's job (bench/tier_fidelity.py); this floor only catches a
-    # tier that is serialised or starved (a cap of 5 running as 1 would give 0.2).
-    assert paid_ratio >= 0.5
-    assert free_ratio >= 0.5
+    print(f"fidelity (throughput / ideal cap/latency): paid {paid_ratio:.1%}, free {free_ratio:.1%}")
+    # The figure is the benchmark's job (bench/tier_fidelity.py --latency 0.1 --free 20 --paid 40);
+    # these floors, far under what a loaded 2-core machine measures, only catch a tier that is
+    # serialised (a cap of 5 run as 1 gives 20 %) or stalled on a poll (a 1 s pull wait gives 9 %).
+    assert paid_ratio > 0.25
+    assert free_ratio > 0.25
     assert not any(c["cached"] for c in paid + free)
 
 
@@ -89,19 +94,81 @@ async def test_retry_after_is_honoured_then_the_task_succeeds(workers: EmbeddedS
     assert workers.fake_llm_stats()["models"][task.model.model]["by_status"] == {"429": 1, "200": 1}
 
 
-async def test_a_permanent_401_fails_once_with_a_clear_reason(workers: EmbeddedStack) -> None:
-    task = generation_task("bad-key", 1, "fake/writer+fault=401", PAID)
+async def test_requests_per_minute_spaces_the_calls_of_a_tier(workers: EmbeddedStack) -> None:
+    """120 rpm is one call every 0.5 s: six calls on a cap of 5 start over ~2.5 s at the server,
+    where the cap alone would start them within ~0.1 s. The limiter is per process (see
+    `LLMWorker._limiter`); this stack runs one generator."""
+    limited = PAID.model_copy(update={"requests_per_minute": 120})
+    tasks = [generation_task("rpm", i, "fake/rpm-writer", limited) for i in range(6)]
+    await publish_tasks(workers.nats_url, tasks)
+    await read_events(workers.nats_url, "dd.generation.done", done_for("rpm", 6))
+    seen = workers.fake_llm_stats()["models"]["fake/rpm-writer"]
+    span = seen["last_started_at"] - seen["first_started_at"]
+    print(f"6 calls at 120 rpm: first to last start at the server {span:.2f} s (ideal 2.5 s)")
+    assert seen["calls"] == 6
+    assert 2.0 <= span < 5.0
+
+
+@pytest.mark.parametrize(
+    ("experiment_id", "model", "max_tokens", "reason", "advice"),
+    [
+        ("bad-key", "fake/writer+fault=401", None, "auth", "API key"),
+        ("no-room", "fake/no-room-writer", 0, "truncated_empty", "raise max_tokens in llm_models.csv"),
+    ],
+)
+async def test_a_permanent_error_fails_once_with_a_clear_reason(
+    workers: EmbeddedStack, experiment_id: str, model: str, max_tokens: int | None, reason: str, advice: str
+) -> None:
+    """A 401, or an answer whose whole token budget went before any text: asking again fails the
+    same way, so there is one call and one `TaskFailed`."""
+    task = generation_task(experiment_id, 1, model, PAID, max_tokens=max_tokens)
     await publish_tasks(workers.nats_url, [task])
     failures = await read_events(
         workers.nats_url, "dd.task.failed",
-        lambda events: any(e["experiment_id"] == "bad-key" for e in events),
+        lambda events: any(e["experiment_id"] == experiment_id for e in events),
     )
-    failure = next(e for e in failures if e["experiment_id"] == "bad-key")
-    assert failure["reason"] == "auth"
+    failure = next(e for e in failures if e["experiment_id"] == experiment_id)
+    assert failure["reason"] == reason
     assert failure["attempts"] == 1
-    assert "API key" in failure["message"]
+    assert advice in failure["message"]
     await asyncio.sleep(1.0)
     assert workers.fake_llm_stats()["models"][task.model.model]["calls"] == 1
+
+
+async def test_a_redelivered_generation_creates_no_second_evaluation(workers: EmbeddedStack) -> None:
+    """The evaluator sees the same `GenerationDone` twice (as after a crash before its ack): the
+    evaluation tasks it publishes again carry the same message ids, so the tasks stream stores
+    none of them and no judge is called again."""
+    judge = ModelSpec(id="fanout_judge", model="fake/fanout-judge", provider="fake", tier=PAID.tier)
+    templates = [
+        EvaluationTemplateSpec(template_id=name, template_name=name, text="Rate this 0-9.\n{{ response }}\nSCORE: N",
+                               parser="in_last_line", max_score=9)
+        for name in ("rubric", "coherence")
+    ]
+    task = generation_task("fanout", 1, "fake/fanout-writer", PAID).model_copy(
+        update={"evaluation_plan": EvaluationPlan(templates=templates, models=[judge], tiers=[PAID])}
+    )
+    await publish_tasks(workers.nats_url, [task])
+    await read_events(workers.nats_url, "dd.evaluation.done", done_for("fanout", 2))
+    generation = next(e for e in await read_events(workers.nats_url, GENERATION_DONE, done_for("fanout", 1))
+                      if e["task"]["experiment_id"] == "fanout")
+
+    nc = await nats.connect(workers.nats_url)
+    try:
+        js = nc.jetstream()
+        tasks_stored = (await js.stream_info(TASKS_STREAM)).state.last_seq
+        calls_before = workers.fake_llm_stats()["total_calls"]
+        again = await js.publish(GENERATION_DONE, json.dumps(generation).encode(),
+                                 headers={"Nats-Msg-Id": "gen-done-again:fanout:1"})
+        deadline = time.monotonic() + 30
+        while (await js.consumer_info(EVENTS_STREAM, FANOUT_CONSUMER)).ack_floor.stream_seq < again.seq:
+            assert time.monotonic() < deadline, "the evaluator never handled the second GenerationDone"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        assert (await js.stream_info(TASKS_STREAM)).state.last_seq == tasks_stored
+    finally:
+        await nc.close()
+    assert workers.fake_llm_stats()["total_calls"] == calls_before
 
 
 async def test_a_worker_killed_after_the_call_but_before_the_ack_does_not_pay_twice(

@@ -72,6 +72,23 @@ async def test_the_same_request_gets_the_same_text(client):
     assert (await complete(client, seed=3)).text != (await complete(client, seed=4)).text
 
 
+async def test_replicates_of_one_unseeded_request_are_different_samples(client, fake):
+    """Same body, different `X-DayDream-Replicate`: other text, and another request in `/stats`,
+    so n replicates are not reported as one request called n times."""
+
+    async def replicate(number: int) -> str:
+        record = await client.complete(model(), "Replicate me.\n- Data Flywheel\n- Economic Moat",
+                                       CallParameters(), attempt=1, request_hash="rh", replicate=number)
+        return record.text
+
+    first, second, second_again = await replicate(1), await replicate(2), await replicate(2)
+    assert first != second and second == second_again
+    body = fake.last_request()["body"]
+    requests = fake.stats()["requests"]
+    assert requests[body_hash(body)] == {"started": 1, "completed": 1}
+    assert requests[body_hash(body, "2")] == {"started": 2, "completed": 2}
+
+
 async def test_a_judge_prompt_ends_with_a_score_inside_the_named_scale(client):
     scores = set()
     for index in range(20):

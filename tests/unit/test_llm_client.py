@@ -16,7 +16,16 @@ import pytest
 from pydantic import SecretStr
 
 from shared.events import CallParameters, ModelSpec
-from shared.llm import ErrorKind, LLMClient, LLMError, chat_messages, error_kind_for_status, request_hash
+from shared.llm import (
+    REPLICATE_HEADER,
+    ErrorKind,
+    LLMClient,
+    LLMError,
+    chat_messages,
+    classify_response,
+    error_kind_for_status,
+    request_hash,
+)
 
 KEY = "sk-or-v1-unit-test-secret"
 MODEL = ModelSpec(id="writer", model="acme/writer-1", provider="acme", tier="small")
@@ -151,6 +160,13 @@ async def test_sends_set_parameters_attribution_and_the_bearer_key(client, scrip
     assert sent["headers"]["X-Title"] == "DayDream"
 
 
+async def test_each_call_says_which_replicate_it_is_for(client, script):
+    await client.complete(MODEL, "Write.", CallParameters(), attempt=1, request_hash="h", replicate=3)
+    await call(client)
+    assert [sent["headers"][REPLICATE_HEADER] for sent in script.received] == ["3", "1"]
+    assert script.received[0]["body"] == script.received[1]["body"]
+
+
 async def test_without_a_key_no_authorization_header_is_sent(scripted, script):
     base_url, _ = scripted
     async with LLMClient(base_url, None, timeout_s=2.0) as llm:
@@ -186,7 +202,21 @@ async def test_usage_and_provider_are_recorded(client, script):
     assert record.cost_usd == 0.0021 and record.provider == "Together"
 
 
-# ---- how failures are classified ---------------------------------------------------------
+# ---- how answers are classified ----------------------------------------------------------
+
+BASE_URL = "https://openrouter.ai/api/v1"
+
+
+def error_for(status: int, body: str, headers: dict[str, str] | None = None, secret: str = KEY) -> LLMError:
+    """What `classify_response` raises for an answer that is not a usable completion."""
+    with pytest.raises(LLMError) as caught:
+        classify_response(status, headers or {}, body, model="acme/writer-1", base_url=BASE_URL, secret=secret)
+    return caught.value
+
+
+def test_a_good_answer_is_its_payload():
+    payload = classify_response(200, {}, ok_body("text"), model="acme/writer-1", base_url=BASE_URL, secret=KEY)
+    assert payload["choices"][0]["message"]["content"] == "text"
 
 
 @pytest.mark.parametrize(
@@ -206,48 +236,44 @@ async def test_usage_and_provider_are_recorded(client, script):
         (503, ErrorKind.SERVER_ERROR),
     ],
 )
-async def test_http_status_maps_to_an_error_kind(client, script, status, kind):
-    script.status = status
-    script.body = json.dumps({"error": {"code": status, "message": "provider words"}})
-    error = await failure(client)
+def test_http_status_maps_to_an_error_kind(status, kind):
+    error = error_for(status, json.dumps({"error": {"code": status, "message": "provider words"}}))
     assert error.kind is kind and error.status == status
     assert "provider words" in error.message
     assert error_kind_for_status(status) is kind
 
 
-async def test_retry_after_http_date_header_is_parsed(client, script):
-    script.status, script.body = 429, "{}"
-    script.headers = {"Retry-After": format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)}
-    error = await failure(client)
-    assert error.kind is ErrorKind.RATE_LIMITED
-    assert 27.0 <= error.retry_after_s <= 30.0
+def test_retry_after_is_read_whatever_the_header_case():
+    assert error_for(429, "{}", {"retry-after": "4"}).retry_after_s == 4.0
+    assert error_for(429, "{}", {"Retry-After": "4"}).retry_after_s == 4.0
+    assert error_for(503, "{}").retry_after_s is None
 
 
-async def test_auth_error_without_a_key_tells_how_to_set_one(scripted, script):
-    base_url, _ = scripted
-    script.status, script.body = 401, json.dumps({"error": {"code": 401, "message": "No auth credentials found"}})
-    async with LLMClient(base_url, None, timeout_s=2.0) as llm:
-        error = await failure(llm)
+def test_auth_error_without_a_key_tells_how_to_set_one():
+    error = error_for(401, json.dumps({"error": {"code": 401, "message": "No auth credentials found"}}), secret="")
     assert error.kind is ErrorKind.AUTH
     assert "no API key is set" in error.message
     assert "OPENROUTER_API_KEY" in error.message and "DAYDREAM_LLM_API_KEY" in error.message
 
 
-async def test_provider_message_is_truncated_and_never_echoes_the_key(client, script):
-    script.status = 400
-    script.body = json.dumps({"error": {"message": f"bad key {KEY} " + "x" * 2000}})
-    error = await failure(client)
+def test_auth_error_with_a_key_says_the_key_was_refused():
+    error = error_for(401, json.dumps({"error": {"code": 401, "message": "User not found."}}))
+    assert error.kind is ErrorKind.AUTH
+    assert "the API key was refused" in error.message and "no API key" not in error.message
+    assert "OPENROUTER_API_KEY" in error.message and "User not found." in error.message
+    assert KEY not in error.message
+
+
+def test_provider_message_is_truncated_and_never_echoes_the_key():
+    error = error_for(400, json.dumps({"error": {"message": f"bad key {KEY} " + "x" * 2000}}))
     assert KEY not in str(error) and KEY not in repr(error)
     assert "***" in error.message
     assert len(error.message) < 700
 
 
-async def test_upstream_raw_error_is_included(client, script):
-    script.status = 502
-    error = {"code": 502, "message": "Provider returned error", "metadata": {"raw": "model overloaded"}}
-    script.body = json.dumps({"error": error})
-    error = await failure(client)
-    assert "model overloaded" in error.message
+def test_upstream_raw_error_is_included():
+    raw = {"code": 502, "message": "Provider returned error", "metadata": {"raw": "model overloaded"}}
+    assert "model overloaded" in error_for(502, json.dumps({"error": raw})).message
 
 
 @pytest.mark.parametrize(
@@ -262,15 +288,32 @@ async def test_upstream_raw_error_is_included(client, script):
         (ok_body("   "), ErrorKind.EMPTY_CONTENT),
     ],
 )
-async def test_broken_200_answers_are_classified(client, script, body, kind):
-    script.body = body
-    assert (await failure(client)).kind is kind
+def test_broken_200_answers_are_classified(body, kind):
+    assert error_for(200, body).kind is kind
 
 
-async def test_empty_answer_cut_by_the_token_budget_says_so(client, script):
-    script.body = ok_body("", finish_reason="length")
+def test_a_body_that_is_not_json_names_its_content_type():
+    error = error_for(200, "<html>Bad gateway</html>", {"Content-Type": "text/html"})
+    assert "text/html" in error.message and "Bad gateway" in error.message
+
+
+def test_an_empty_answer_cut_by_the_token_budget_is_truncated_empty_with_advice():
+    usage = {"completion_tokens": 4096, "completion_tokens_details": {"reasoning_tokens": 4096}}
+    error = error_for(200, ok_body("", finish_reason="length", usage=usage))
+    assert error.kind is ErrorKind.TRUNCATED_EMPTY
+    assert str(error) == (
+        "truncated_empty: acme/writer-1 spent its max_tokens budget before writing any text "
+        "(reasoning tokens: 4096); raise max_tokens in llm_models.csv"
+    )
+    assert "reasoning tokens: not reported" in error_for(200, ok_body(None, finish_reason="length")).message
+
+
+async def test_the_client_raises_what_the_classification_says(client, script):
+    script.status, script.body = 429, "{}"
+    script.headers = {"Retry-After": format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)}
     error = await failure(client)
-    assert error.kind is ErrorKind.EMPTY_CONTENT and "max_tokens" in error.message
+    assert error.kind is ErrorKind.RATE_LIMITED and error.status == 429
+    assert 27.0 <= error.retry_after_s <= 30.0
 
 
 async def test_slow_server_is_a_timeout(scripted, script):

@@ -80,12 +80,12 @@ def test_a_generation_task_carries_everything_a_worker_needs(spec: ExperimentSpe
     assert [m.id for m in task.evaluation_plan.models] == ["gpt_41_mini"]
 
 
-def test_replicates_multiply_generations_and_get_numbered_ids(spec: ExperimentSpec) -> None:
+def test_replicates_multiply_generations_with_numbered_ids_and_consecutive_seeds(spec: ExperimentSpec) -> None:
     tasks = generation_tasks(spec.model_copy(update={"replicates": 2, "seed": 5}))
     assert len(tasks) == 32
     assert Counter(t.replicate for t in tasks) == {1: 16, 2: 16}
     assert all(t.task_id.endswith(f"_r{t.replicate}") for t in tasks)
-    assert {t.parameters.seed for t in tasks} == {5}
+    assert {(t.replicate, t.parameters.seed) for t in tasks} == {(1, 5), (2, 6)}
 
 
 def test_counts_by_arithmetic_match_the_tasks_built(spec: ExperimentSpec) -> None:

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 import random
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
 
-from shared.llm import ErrorKind, LLMError, parse_retry_after
+from shared.llm import ErrorKind, LLMError, classify_response, parse_retry_after
 from shared.retry_policy import PERMANENT_KINDS, backoff_ceiling_s, decide
 
 TRANSIENT = [
@@ -26,6 +27,7 @@ PERMANENT = [
     ErrorKind.FORBIDDEN,
     ErrorKind.NOT_FOUND,
     ErrorKind.OTHER_CLIENT_ERROR,
+    ErrorKind.TRUNCATED_EMPTY,
 ]
 
 
@@ -121,3 +123,17 @@ def test_parse_retry_after_seconds(header, expected):
 def test_parse_retry_after_date_in_the_past_means_now():
     now = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
     assert parse_retry_after("Sat, 01 Mar 2025 11:00:00 GMT", now=now) == 0.0
+
+
+def test_an_empty_answer_cut_by_the_token_budget_fails_at_once_with_advice():
+    """Asking again with the same max_tokens gets the same empty answer: one failure, no retries."""
+    choice = {"message": {"role": "assistant", "content": ""}, "finish_reason": "length"}
+    body = json.dumps({"choices": [choice], "usage": {"completion_tokens_details": {"reasoning_tokens": 1024}}})
+    with pytest.raises(LLMError) as caught:
+        classify_response(200, {}, body, model="acme/thinker", base_url="https://openrouter.ai/api/v1", secret="")
+    decision = decide(caught.value, 1, 6, base_delay_s=2.0, max_delay_s=60.0)
+    assert not decision.retry
+    assert decision.reason == (
+        "permanent error, not retried: truncated_empty: acme/thinker spent its max_tokens budget before "
+        "writing any text (reasoning tokens: 1024); raise max_tokens in llm_models.csv"
+    )
