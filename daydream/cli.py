@@ -4,7 +4,8 @@ import typer
 
 from daydream.fake_llm import fake_llm
 from daydream.plan_cmd import plan
-from daydream.publish_cmd import publish, rerun
+from daydream.publish_cmd import publish
+from daydream.rerun_cmd import rerun
 from daydream.results_cmd import check, rebuild, results, status
 from daydream.run_cmd import down, run, up
 from daydream.score_cmd import score

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import typer
@@ -12,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from daydream import options
 from daydream.publish_cmd import prepare_experiment, publish_experiment
-from daydream.stack import STATE_FILE, EmbeddedStack, StackState, stop_detached
+from daydream.stack import STATE_FILE, EmbeddedStack, StackState, consumers_idle, stop_detached, usable_stack
 from services.tracker.db import make_engine
 from services.tracker.recorder import PROGRESS_STAGES, Tracker
 from services.tracker.recorder import Progress as ExperimentProgress
@@ -47,8 +48,21 @@ def start_stack(data: Path, settings: Settings, tiers: list[TierSpec] | None) ->
     return stack
 
 
-def follow(tracker: Tracker, experiment_id: str, stack: EmbeddedStack | None, poll_s: float = 0.3) -> ExperimentProgress:
-    """Live bars per stage until every planned task is done, failed or skipped."""
+class StackFailed(Exception):
+    """A process of the stack `run` started has died: waiting longer would wait forever."""
+
+
+def follow(tracker: Tracker, experiment_id: str, stack: EmbeddedStack | None,
+           idle_on: str | None = None, poll_s: float = 0.3) -> ExperimentProgress:
+    """Live bars per stage until every planned task is done, failed or skipped (or planning
+    itself failed) — and, with `idle_on`, that stack has nothing left to do: a rerun follows an
+    experiment that already counted as finished before its tasks were republished."""
+
+    def done(progress: ExperimentProgress) -> bool:
+        if progress.planning_error is not None:
+            return True
+        return progress.finished and (idle_on is None or asyncio.run(consumers_idle(idle_on)))
+
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[failed]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bars:
@@ -63,21 +77,18 @@ def follow(tracker: Tracker, experiment_id: str, stack: EmbeddedStack | None, po
                             failed=f"[red]{failed} failed[/]" if failed else "")
             bars.update(summary, description="tokens/cost",
                         failed=f"{progress.prompt_tokens + progress.completion_tokens} tokens, ${progress.cost_usd:.4f}")
-            if progress.finished:
+            if done(progress):
                 return progress
-            if stack:
-                _check_alive(stack)
+            if stack and (dead := stack.dead_services()):
+                raise StackFailed(f"service(s) {', '.join(dead)} stopped; their logs are in {stack.logs}")
             time.sleep(poll_s)
-
-
-def _check_alive(stack: EmbeddedStack) -> None:
-    dead = stack.dead_services()
-    if dead:
-        raise RuntimeError(f"service(s) {', '.join(dead)} stopped; logs in {stack.logs}")
 
 
 def report(tracker: Tracker, engine, data: Path, progress: ExperimentProgress) -> int:
     experiment_id = progress.experiment_id
+    if progress.planning_error is not None:
+        console.print(f"[red]experiment {experiment_id} could not be planned:[/] {progress.planning_error}")
+        return 1
     files = write_results(engine, data, experiment_id)
     console.print(render_results_table(engine, experiment_id))
     console.print(f"results: {', '.join(str(f) for f in files)}")
@@ -94,6 +105,50 @@ def report(tracker: Tracker, engine, data: Path, progress: ExperimentProgress) -
     return 1
 
 
+def attached_stack(data: Path) -> StackState | None:
+    state, lost = usable_stack(data)
+    if lost:
+        console.print(f"[yellow]{lost}[/]; starting a private stack")
+    return state
+
+
+def on_a_stack(
+    data: Path,
+    settings: Settings,
+    experiment_id: str,
+    tiers: list[TierSpec] | None,
+    publish: Callable[[Settings], Awaitable[None]],
+    resume_command: str,
+    wait_for_idle: bool = False,
+) -> None:
+    """Publish on the `up` stack of this data dir, or on one started here and stopped after;
+    follow the experiment live, print its results and exit with their verdict."""
+    running = attached_stack(data)
+    stack = None
+    try:
+        if running:
+            console.print(f"using the stack started by `daydream up` at {running.nats_url}")
+            nats_url = running.nats_url
+        else:
+            stack = start_stack(data, settings, tiers)
+            nats_url = stack.nats_url
+        engine = make_engine(settings.sqlalchemy_url())
+        tracker = Tracker(data, engine)
+        asyncio.run(publish(settings.model_copy(update={"nats_url": nats_url})))
+        progress = follow(tracker, experiment_id, stack, nats_url if wait_for_idle else None)
+    except KeyboardInterrupt:
+        console.print(f"\n[yellow]interrupted.[/] Resume with: {resume_command}")
+        raise typer.Exit(130) from None
+    except StackFailed as failure:
+        console.print(f"[red]{failure}[/]. Nothing finished is lost; resume with: {resume_command}")
+        raise typer.Exit(1) from None
+    finally:
+        if stack:
+            with console.status("stopping the stack"):
+                stack.stop()
+    raise typer.Exit(report(tracker, engine, data, progress))
+
+
 def run(
     data: Path = options.DATA,
     experiment_id: str | None = options.EXPERIMENT_ID,
@@ -105,32 +160,15 @@ def run(
     """Run an experiment end to end on an embedded stack, with live progress, then print results."""
     settings = Settings(data=data)
     spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated)
-    running = StackState.load(data)
-    if running and not running.alive():
-        console.print(f"[yellow]the stack from `daydream up` ({data / STATE_FILE}) has lost "
-                      f"{', '.join(running.gone())}[/]: starting a private one; `daydream down` stops what is left")
-        running = None
-    stack = None
-    try:
-        if running:
-            console.print(f"using the stack started by `daydream up` at {running.nats_url}")
-            nats_url = running.nats_url
-        else:
-            stack = start_stack(data, settings, spec.tiers)
-            nats_url = stack.nats_url
-        engine = make_engine(settings.sqlalchemy_url())
-        tracker = Tracker(data, engine)
-        asyncio.run(publish_experiment(settings.model_copy(update={"nats_url": nats_url}), spec))
+    flags = {"--k-max": k_max, "--level": level, "--replicates": replicates}
+    resume = " ".join([f"daydream run --experiment-id {spec.experiment_id} --data {data}",
+                       *(f"{flag} {value}" for flag, value in flags.items() if value is not None)])
+
+    async def publish(on: Settings) -> None:
+        await publish_experiment(on, spec)
         console.print(f"experiment [bold]{spec.experiment_id}[/] published")
-        progress = follow(tracker, spec.experiment_id, stack)
-    except KeyboardInterrupt:
-        console.print(f"\n[yellow]interrupted.[/] Resume with: daydream run --experiment-id {spec.experiment_id} --data {data}")
-        raise typer.Exit(130) from None
-    finally:
-        if stack:
-            with console.status("stopping the stack"):
-                stack.stop()
-    raise typer.Exit(report(tracker, engine, data, progress))
+
+    on_a_stack(data, settings, spec.experiment_id, spec.tiers, publish, resume)
 
 
 def up(data: Path = options.DATA) -> None:

@@ -19,7 +19,7 @@ import nats
 from daydream.nats_process import NatsServer, free_port
 from shared.events import TierSpec
 from shared.settings import Settings
-from shared.topology import ensure_topology
+from shared.topology import EVENTS_STREAM, TASKS_STREAM, ensure_topology
 
 SERVICES = ("combiner", "generator", "evaluator", "parser", "tracker")
 STATE_FILE = "stack.json"
@@ -60,6 +60,16 @@ class StackState:
 
     def metrics_targets(self) -> dict[str, str]:
         return {name: f"127.0.0.1:{info['metrics_port']}" for name, info in self.services.items()}
+
+
+def usable_stack(data: Path) -> tuple[StackState | None, str | None]:
+    """The stack `daydream up` left for this data dir when every process of it still runs;
+    otherwise None and, when a stack was recorded, a sentence saying what it lost."""
+    state = StackState.load(data)
+    if state and not state.alive():
+        return None, (f"the stack from `daydream up` ({data / STATE_FILE}) has lost {', '.join(state.gone())}; "
+                      "`daydream down` stops what is left of it")
+    return state, None
 
 
 def _alive(pid: int | None) -> bool:
@@ -231,3 +241,18 @@ def _wait_gone(pids: list[int | None], timeout_s: float = 20.0) -> None:
     for pid in pids:
         if pid and _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+async def consumers_idle(nats_url: str) -> bool:
+    """Nothing queued and nothing in flight on any consumer. Every service publishes what a
+    message caused before it acks the message, so work in progress always shows on some consumer."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for stream in (TASKS_STREAM, EVENTS_STREAM):
+            for info in await js.consumers_info(stream):
+                if info.num_pending or info.num_ack_pending:
+                    return False
+        return True
+    finally:
+        await nc.close()

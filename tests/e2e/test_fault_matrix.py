@@ -118,7 +118,9 @@ def daydream_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess
                           text=True, capture_output=True, timeout=180)
 
 
-def test_daydream_run_exits_1_with_the_rerun_hint_when_a_judge_always_fails(tmp_path: Path) -> None:
+def test_daydream_run_exits_1_with_a_rerun_hint_that_works_when_a_judge_always_fails(tmp_path: Path) -> None:
+    """The hint is followed after `run` has stopped its stack: `rerun` starts one, republishes only
+    the failed tasks, follows them to the end and tells the truth again."""
     data = tmp_path / "data"
     write_raw(data, [Model("writer", "fake/writer", True, False), Model("judge_ok", "fake/judge", False, True),
                      Model("judge_bad_key", "fake/judge+fault=401", False, True)],
@@ -128,6 +130,9 @@ def test_daydream_run_exits_1_with_the_rerun_hint_when_a_judge_always_fails(tmp_
         run = daydream_cli("run", "--data", str(data), "--experiment-id", "bad-judge", env=env)
         status = daydream_cli("status", "bad-judge", "--data", str(data), env=env)
         bad_calls = fake.stats()["models"]["fake/judge+fault=401"]["calls"]
+        calls_before_rerun = fake.stats()["total_calls"]
+        rerun = daydream_cli("rerun", "bad-judge", "--failed", "--data", str(data), env=env)
+        calls_of_rerun = fake.stats()["total_calls"] - calls_before_rerun
 
     output = run.stdout + run.stderr
     assert run.returncode == 1, output
@@ -136,3 +141,8 @@ def test_daydream_run_exits_1_with_the_rerun_hint_when_a_judge_always_fails(tmp_
     assert bad_calls == 6, "a permanent 401 was retried"
     assert status.returncode == 0, status.stdout + status.stderr
     assert "auth" in status.stdout and "daydream rerun bad-judge --failed" in status.stdout
+    rerun_output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 1, rerun_output
+    assert "republished 6 task(s) of bad-judge" in rerun_output
+    assert "6 task(s) did not complete" in rerun_output and "auth: 6" in rerun_output
+    assert calls_of_rerun == 6, "the rerun called more than the six failed evaluations"

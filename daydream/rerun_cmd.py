@@ -1,0 +1,110 @@
+"""`daydream rerun`: republish what failed or never reported, or chosen tasks.
+
+Stored responses are reused, so only calls that never succeeded cost anything again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import nats
+import typer
+from rich.console import Console
+
+from daydream import options
+from daydream.publish_cmd import destination, snapshot_spec
+from daydream.run_cmd import on_a_stack
+from services.tracker.db import make_engine
+from services.tracker.recorder import RecordedResults, Tracker
+from shared.events import ExperimentSpec, TaskCreated, message_id, task_subject
+from shared.prompts import TemplateProblem
+from shared.settings import Settings
+from shared.tasks import evaluation_tasks, generation_tasks
+
+console = Console()
+
+
+def rerunnable_tasks(
+    spec: ExperimentSpec | None, failed: list[TaskCreated], recorded: RecordedResults
+) -> dict[str, TaskCreated]:
+    """Every task of the experiment `rerun` can publish again, by id: the planned generations, the
+    evaluations of each recorded generation (rendered with its text), and failed tasks as they
+    were when they failed. Without the experiment's snapshot only the failed ones are known."""
+    tasks = {task.task_id: task for task in generation_tasks(spec)} if spec else {}
+    for generation in list(tasks.values()):
+        outcome = recorded.generations.get(generation.task_id)
+        if outcome is None:
+            continue
+        try:
+            tasks.update({task.task_id: task for task in evaluation_tasks(generation, outcome.text, outcome.truncated)})
+        except TemplateProblem:
+            continue  # recorded as template_error by the fan-out; rerunning cannot render them either
+    tasks.update({task.task_id: task for task in failed})
+    return tasks
+
+
+def unfinished_tasks(tasks: dict[str, TaskCreated], failed: list[TaskCreated], recorded: RecordedResults) -> list[TaskCreated]:
+    """What `--failed` republishes: failed tasks, and tasks that never reported at all (neither a
+    result nor a failure) — a generation lost with a broker's store, or an evaluation never fanned out."""
+    failed_ids = {task.task_id for task in failed}
+    done = set(recorded.generations) | recorded.evaluations
+    return [task for task_id, task in tasks.items() if task_id in failed_ids or task_id not in done]
+
+
+async def republish_tasks(settings: Settings, tasks: list[TaskCreated]) -> None:
+    """A rerun is a new request: a fresh message id per rerun, so the duplicate window lets it in."""
+    stamp = f"rerun{time.time_ns()}"
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        for task in tasks:
+            await js.publish(task_subject(task.stage, task.tier.tier), task.model_dump_json().encode(),
+                             headers={"Nats-Msg-Id": message_id(stamp, task.experiment_id, task.task_id)})
+    finally:
+        await nc.close()
+
+
+def rerun(
+    experiment_id: str = typer.Argument(...),
+    failed: bool = typer.Option(False, "--failed", help="Republish every task that failed or never reported."),
+    task: list[str] = typer.Option([], "--task", help="Republish one task, generation or evaluation (repeatable)."),
+    data: Path = options.DATA,
+) -> None:
+    """Republish what failed or never reported (or chosen tasks) and follow it to the end — on the
+    stack at NATS_URL when set (then follow with `daydream status`), else on this data dir's
+    `daydream up` stack or one started for the rerun."""
+    settings = destination(data)
+    spec = snapshot_spec(data, experiment_id)
+    if spec is None:
+        console.print(f"[yellow]no snapshot of {experiment_id} under {data / 'experiments'}[/]: "
+                      "only its recorded failures can be rerun")
+    tracker = Tracker(data, make_engine(settings.sqlalchemy_url()))
+    failures = tracker.failed_tasks(experiment_id)
+    recorded = tracker.recorded_results(experiment_id)
+    known = rerunnable_tasks(spec, failures, recorded)
+    if task:
+        unknown = [task_id for task_id in task if task_id not in known]
+        if unknown:
+            raise typer.BadParameter(f"no task {', '.join(unknown)} in experiment {experiment_id} (an evaluation "
+                                     "can be rerun once its generation is recorded; see `daydream status`)")
+        chosen = [known[task_id] for task_id in task]
+    elif failed:
+        chosen = unfinished_tasks(known, failures, recorded)
+    else:
+        raise typer.BadParameter("say what to rerun: --failed or --task TASK_ID")
+    if not chosen:
+        console.print(f"nothing to rerun: every task of {experiment_id} is recorded")
+        return
+
+    async def publish(on: Settings) -> None:
+        await republish_tasks(on, chosen)
+        console.print(f"republished {len(chosen)} task(s) of {experiment_id}: "
+                      + ", ".join(t.task_id for t in chosen[:10]) + (" …" if len(chosen) > 10 else ""))
+
+    if "nats_url" in Settings(data=data).model_fields_set:
+        asyncio.run(publish(settings))
+        console.print(f"follow it with: daydream status {experiment_id} --data {data}")
+        return
+    on_a_stack(data, settings, experiment_id, spec.tiers if spec else None, publish,
+               resume_command=f"daydream rerun {experiment_id} --failed --data {data}", wait_for_idle=True)
