@@ -199,16 +199,10 @@ class EmbeddedStack:
         process.wait()
 
     def stop(self) -> None:
-        for process in [*self.processes.values(), self.fake_llm]:
-            if process and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in [*self.processes.values(), self.fake_llm]:
-            if process:
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        """Services first (together, each finishing what it holds), then what they depend on:
+        the LLM endpoint their last calls need, then NATS, which their last acks need."""
+        _terminate(list(self.processes.values()))
+        _terminate([self.fake_llm] if self.fake_llm else [])
         self.nats.stop()
 
     def state(self) -> StackState:
@@ -222,16 +216,28 @@ class EmbeddedStack:
         )
 
 
+def _terminate(processes: list[subprocess.Popen], timeout_s: float = 20.0) -> None:
+    """SIGTERM to all, then wait for each; SIGKILL what is still running after `timeout_s`
+    (FastStream's graceful stop waits up to 15 s for handlers in flight)."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def stop_detached(state: StackState) -> None:
-    """`daydream down`: the processes of a stack started by `up` belong to no shell any more."""
-    pids = [s["pid"] for s in state.services.values()] + [state.fake_llm_pid]
-    for pid in pids:
-        if pid and _alive(pid):
-            os.kill(pid, signal.SIGTERM)
-    _wait_gone(pids)
-    if _alive(state.nats_pid):
-        os.kill(state.nats_pid, signal.SIGTERM)
-        _wait_gone([state.nats_pid])
+    """`daydream down`: the processes of a stack started by `up` belong to no shell any more;
+    they stop in the order `EmbeddedStack.stop` uses."""
+    for pids in ([s["pid"] for s in state.services.values()], [state.fake_llm_pid], [state.nats_pid]):
+        for pid in pids:
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        _wait_gone(pids)
 
 
 def _wait_gone(pids: list[int | None], timeout_s: float = 20.0) -> None:

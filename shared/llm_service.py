@@ -67,5 +67,6 @@ class LLMWorkers:
             subscribe(self.broker, spec, handle, max_workers=spec.max_ack_pending)
 
     async def stop(self) -> None:
+        """An after-shutdown hook: the broker has let in-flight calls finish by then."""
         if self.worker:
             await self.worker.client.aclose()

@@ -4,6 +4,7 @@ that serves `/metrics` and `/health`, and how a service process is run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,7 +51,19 @@ def subscribe(
     *,
     max_workers: int = 1,
 ) -> None:
-    """Bind a handler to a consumer declared by `shared.topology` (never declared by FastStream)."""
+    """Bind a handler to a consumer declared by `shared.topology` (never declared by FastStream).
+
+    A handler cancelled by a shutdown hands its message back to JetStream on the way out, so the
+    next worker gets it at once rather than after the ack wait."""
+
+    async def handle(msg: NatsMessage) -> None:
+        try:
+            await handler(msg)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nack())
+            raise
+
     broker.subscriber(
         spec.subject,
         stream=JStream(spec.stream, declare=False),
@@ -58,7 +71,7 @@ def subscribe(
         pull_sub=PullSub(batch_size=1, timeout=1.0),
         max_workers=max_workers,
         ack_policy=AckPolicy.NACK_ON_ERROR,
-    )(handler)
+    )(handle)
     _bound_consumers.setdefault(broker, []).append(spec)
 
 
@@ -106,6 +119,7 @@ def make_app(
     *,
     on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    after_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> AsgiFastStream:
     """Once `on_startup` has bound the service's consumers, their queue depth and in-flight vs
     cap are polled from JetStream for `/metrics`, whichever service it is."""
@@ -124,6 +138,7 @@ def make_app(
         on_startup=list(on_startup),
         after_startup=[poll_bound_consumers],
         on_shutdown=[poller.stop, *on_shutdown],
+        after_shutdown=list(after_shutdown),
         logger=log,
     )
 

@@ -24,4 +24,4 @@ async def startup() -> None:
     subscribe(broker, find_reader(settings, FANOUT_CONSUMER), fan_out, max_workers=8)
 
 
-app = make_app(broker, on_startup=[startup], on_shutdown=[workers.stop])
+app = make_app(broker, on_startup=[startup], after_shutdown=[workers.stop])

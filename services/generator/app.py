@@ -7,4 +7,4 @@ from shared.settings import get_settings
 settings = get_settings()
 broker = make_broker(settings)
 workers = LLMWorkers(broker, settings, "generation")
-app = make_app(broker, on_startup=[workers.start], on_shutdown=[workers.stop])
+app = make_app(broker, on_startup=[workers.start], after_shutdown=[workers.stop])
