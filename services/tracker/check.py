@@ -125,7 +125,13 @@ def _csv_problems(layout: Layout, rows_by_stage) -> list[Problem]:
         if header_problem is not None:
             problems.append(Problem(header_problem.kind, str(path), header_problem.detail, header_problem.fix))
             continue
-        lines = read_csv_rows(path)
+        lines = []
+        for number, line in enumerate(read_csv_rows(path), start=2):
+            if (line.get("revision") or "").isdigit():
+                lines.append(line)
+            else:
+                problems.append(Problem("malformed_csv_line", str(path),
+                                        f"line {number}: revision {line.get('revision')!r} is not a number", REBUILD))
         revisions = Counter((line["experiment_id"], line["task_id"], line["revision"]) for line in lines)
         for (experiment_id, task_id, revision), count in sorted(revisions.items()):
             if count > 1:

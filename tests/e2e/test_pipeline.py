@@ -28,8 +28,23 @@ from services.tracker.check import check as find_problems
 from services.tracker.db import engine_for
 from services.tracker.recorder import Tracker
 from services.tracker.tables import Failure
-from shared.events import EVALUATION_DONE, EVALUATION_SCORED, EVENT_SUBJECTS, GENERATION_DONE, TierSpec, task_subject
-from shared.topology import DEAD_LETTER_CONSUMER, DEAD_LETTERS_STREAM, EVENTS_STREAM, TASKS_STREAM, TRACKER_SUBJECTS
+from shared.events import (
+    EVALUATION_DONE,
+    EVALUATION_SCORED,
+    EVENT_SUBJECTS,
+    EXPERIMENT_REQUESTED,
+    GENERATION_DONE,
+    TierSpec,
+    task_subject,
+)
+from shared.topology import (
+    COMBINER_CONSUMER,
+    DEAD_LETTER_CONSUMER,
+    DEAD_LETTERS_STREAM,
+    EVENTS_STREAM,
+    TASKS_STREAM,
+    TRACKER_SUBJECTS,
+)
 from tests.conftest import EXAMPLE_RAW
 from tests.e2e.chaos import wait_until
 from tests.e2e.conftest import FAST_RETRIES
@@ -115,6 +130,29 @@ def test_publishing_twice_plans_once_and_creates_each_task_once(example_stack: E
     assert (example_stack.data / "experiments" / EXPERIMENT / "spec.json").exists()
     assert len(read_csv_rows(example_stack.data / "2_tasks" / "generation_tasks.csv")) == GENERATIONS
     assert len(read_csv_rows(example_stack.data / "2_tasks" / "evaluation_tasks.csv")) == EVALUATIONS
+
+    # Past the request's own dedup (a publish after the duplicate window): the combiner plans
+    # again, and its tasks' message ids keep every task single.
+    asyncio.run(request_again(example_stack.nats_url))
+    wait_until(lambda: asyncio.run(combiner_idle(example_stack.nats_url)), timeout_s=60, what="the combiner to replan")
+    assert asyncio.run(stream_messages(example_stack.nats_url, EVENTS_STREAM)) == 3  # + the second request
+    assert asyncio.run(stream_messages(example_stack.nats_url, TASKS_STREAM)) == GENERATIONS
+
+
+async def request_again(nats_url: str) -> None:
+    """The stored request, republished under a message id the server has not seen."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    stored = await js.get_last_msg(EVENTS_STREAM, EXPERIMENT_REQUESTED)
+    await js.publish(EXPERIMENT_REQUESTED, stored.data, headers={"Nats-Msg-Id": f"{COPY}requested-after-the-window"})
+    await nc.close()
+
+
+async def combiner_idle(nats_url: str) -> bool:
+    nc = await nats.connect(nats_url)
+    info = await nc.jetstream().consumer_info(EVENTS_STREAM, COMBINER_CONSUMER)
+    await nc.close()
+    return info.delivered.stream_seq >= 3 and info.num_pending == 0 and info.num_ack_pending == 0
 
 
 def row_counts(tables: dict[str, list[dict]]) -> dict[str, int]:

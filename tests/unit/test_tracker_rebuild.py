@@ -145,6 +145,18 @@ def test_check_finds_a_csv_whose_current_line_the_database_has_moved_past(record
     ]
 
 
+def test_check_reports_a_hand_edited_revision_instead_of_crashing(recorded) -> None:
+    data_dir, tracker, _ = recorded
+    csv_path = data_dir / "7_cross_experiment" / "generation_results.csv"
+    header, first, *rest = csv_path.read_text().splitlines()
+    revision_at = header.split(",").index("revision")
+    cells = first.split(",")
+    cells[revision_at] = "one"
+    csv_path.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+    problems = [p for p in find_problems(data_dir, tracker.engine) if p.kind == "malformed_csv_line"]
+    assert [(p.detail, p.fix) for p in problems] == [("line 2: revision 'one' is not a number", "run `daydream rebuild`")]
+
+
 def test_a_csv_with_an_earlier_header_is_reported_and_rewritten_by_rebuild(recorded) -> None:
     data_dir, tracker, _ = recorded
     csv_path = data_dir / "7_cross_experiment" / "evaluation_results.csv"
