@@ -30,12 +30,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, and_, case, func, update
+from sqlalchemy import Engine, and_, bindparam, case, func, update
 from sqlmodel import Session, SQLModel, select
 
 from services.tracker.artifacts import (
@@ -588,7 +588,7 @@ class Tracker:
 
     @staticmethod
     def _result_row(session: Session, table, experiment_id: str, task_id: str):
-        return session.exec(select(table).where(table.experiment_id == experiment_id, table.task_id == task_id)).first()
+        return session.exec(_row_by_task(table), params={"experiment_id": experiment_id, "task_id": task_id}).first()
 
     def _evaluation_row(self, session: Session, task: TaskCreated) -> EvaluationResult:
         row = self._result_row(session, EvaluationResult, task.experiment_id, task.task_id)
@@ -687,6 +687,13 @@ class Tracker:
                 session.add(mapping)
 
 
+@cache
+def _row_by_task(table):
+    """Built once per table: building and coercing the statement anew for each of the several
+    lookups an event makes cost more than running it."""
+    return select(table).where(table.experiment_id == bindparam("experiment_id"), table.task_id == bindparam("task_id"))
+
+
 def _call_values(call: CallRecord, files: ResultFiles) -> dict[str, Any]:
     return dict(
         started_at=as_utc(call.started_at),
@@ -782,6 +789,17 @@ def _count_true(condition):
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
+_SCORED_AND_FAILED = select(
+    select(func.count())
+    .where(EvaluationResult.experiment_id == bindparam("experiment_id"), EvaluationResult.has_score == True)  # noqa: E712
+    .scalar_subquery(),
+    select(func.count())
+    .where(Failure.experiment_id == bindparam("experiment_id"), Failure.resolved == False)  # noqa: E712
+    .scalar_subquery(),
+)
+"""Run after every event; built once, like `_row_by_task`."""
+
+
 def _may_be_finished(session: Session, experiment: Experiment) -> bool:
     """False only when the experiment certainly is not finished: scores, plus every unresolved
     failure counted as if it skipped a whole generation's evaluations, plus the truncated
@@ -796,16 +814,7 @@ def _may_be_finished(session: Session, experiment: Experiment) -> bool:
         return True
     evaluations_per_generation = evaluations_planned // generations_planned
     experiment_id = experiment.experiment_id
-    scored, failures = session.exec(
-        select(
-            select(func.count())
-            .where(EvaluationResult.experiment_id == experiment_id, EvaluationResult.has_score == True)  # noqa: E712
-            .scalar_subquery(),
-            select(func.count())
-            .where(Failure.experiment_id == experiment_id, Failure.resolved == False)  # noqa: E712
-            .scalar_subquery(),
-        )
-    ).one()
+    scored, failures = session.exec(_SCORED_AND_FAILED, params={"experiment_id": experiment_id}).one()
     bound = scored + failures * max(evaluations_per_generation, 1)
     if not experiment.evaluate_truncated:
         truncated = session.exec(
