@@ -30,8 +30,10 @@ def free_port() -> int:
     while the service imports) another process's NATS connection can take it; and two services
     started together could be given the same one."""
     ephemeral = _ephemeral_range()
-    candidates = [port for port in range(10000, 30000) if port not in ephemeral and port not in _handed_out]
-    for port in random.sample(candidates, len(candidates)):
+    for _ in range(1000):
+        port = random.randrange(10000, 30000)
+        if port in ephemeral or port in _handed_out:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))

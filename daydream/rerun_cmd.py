@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from daydream import options
-from daydream.publish_cmd import destination, snapshot_spec
+from daydream.publish_cmd import snapshot_spec
 from daydream.run_cmd import on_a_stack
 from services.tracker.db import make_engine
 from services.tracker.recorder import RecordedResults, Tracker
@@ -74,7 +74,7 @@ def rerun(
     """Republish what failed or never reported (or chosen tasks) and follow it to the end — on the
     stack at NATS_URL when set (then follow with `daydream status`), else on this data dir's
     `daydream up` stack or one started for the rerun."""
-    settings = destination(data)
+    settings = Settings(data=data)
     spec = snapshot_spec(data, experiment_id)
     if spec is None:
         console.print(f"[yellow]no snapshot of {experiment_id} under {data / 'experiments'}[/]: "
@@ -102,7 +102,7 @@ def rerun(
         console.print(f"republished {len(chosen)} task(s) of {experiment_id}: "
                       + ", ".join(t.task_id for t in chosen[:10]) + (" …" if len(chosen) > 10 else ""))
 
-    if "nats_url" in Settings(data=data).model_fields_set:
+    if "nats_url" in settings.model_fields_set:  # a deployment the user named: publish there only
         asyncio.run(publish(settings))
         console.print(f"follow it with: daydream status {experiment_id} --data {data}")
         return

@@ -802,10 +802,9 @@ _SCORED_AND_FAILED = select(
 
 def _may_be_finished(session: Session, experiment: Experiment) -> bool:
     """False only when the experiment certainly is not finished: scores, plus every unresolved
-    failure counted as if it skipped a whole generation's evaluations, plus the truncated
-    generations that will not be judged, still fall short of the planned evaluations. Two indexed
-    counts, against the seven aggregate queries of `_progress`, which decides whenever this says
-    True."""
+    failure (a skipped evaluation among them) counted as if it skipped a whole generation's
+    evaluations, still fall short of the planned evaluations. Two indexed counts, against the
+    seven aggregate queries of `_progress`, which decides whenever this says True."""
     generations_planned = experiment.generation_tasks_planned
     evaluations_planned = experiment.evaluation_tasks_planned
     if generations_planned is None or evaluations_planned is None:
@@ -813,16 +812,8 @@ def _may_be_finished(session: Session, experiment: Experiment) -> bool:
     if not generations_planned or not evaluations_planned:
         return True
     evaluations_per_generation = evaluations_planned // generations_planned
-    experiment_id = experiment.experiment_id
-    scored, failures = session.exec(_SCORED_AND_FAILED, params={"experiment_id": experiment_id}).one()
-    bound = scored + failures * max(evaluations_per_generation, 1)
-    if not experiment.evaluate_truncated:
-        truncated = session.exec(
-            select(func.count()).where(GenerationResult.experiment_id == experiment_id,
-                                       GenerationResult.truncated == True)  # noqa: E712
-        ).one()
-        bound += truncated * evaluations_per_generation
-    return bound >= evaluations_planned
+    scored, failures = session.exec(_SCORED_AND_FAILED, params={"experiment_id": experiment.experiment_id}).one()
+    return scored + failures * max(evaluations_per_generation, 1) >= evaluations_planned
 
 
 def _progress(session: Session, experiment_id: str) -> Progress:
@@ -833,14 +824,12 @@ def _progress(session: Session, experiment_id: str) -> Progress:
     failed: dict[tuple[str, str], int] = defaultdict(int)
 
     generations = session.exec(
-        select(GenerationResult.tier, func.count(), _count_true(GenerationResult.truncated))
+        select(GenerationResult.tier, func.count())
         .where(GenerationResult.experiment_id == experiment_id)
         .group_by(GenerationResult.tier)
     ).all()
-    truncated_generations = 0
-    for tier, count, truncated in generations:
+    for tier, count in generations:
         done["generation", tier] += count
-        truncated_generations += truncated
 
     evaluations = session.exec(
         select(
@@ -865,10 +854,14 @@ def _progress(session: Session, experiment_id: str) -> Progress:
     ).all()
     failures_by_reason: dict[str, int] = defaultdict(int)
     failed_by_stage: dict[str, int] = defaultdict(int)
+    skipped_by_choice = 0  # evaluations of truncated generations left unjudged; the fan-out records each
     for stage, tier, reason, count in failures:
         failures_by_reason[reason] += count
-        # A truncated generation left unjudged is counted below as skipped, from the generation.
-        if stage in PROGRESS_STAGES and reason != SKIPPED_TRUNCATED_GENERATION:
+        if stage not in PROGRESS_STAGES:
+            continue
+        if reason == SKIPPED_TRUNCATED_GENERATION:
+            skipped_by_choice += count
+        else:
             failed_by_stage[stage] += count
             failed[stage, tier or "?"] += count
     planning_error = session.exec(
@@ -888,8 +881,7 @@ def _progress(session: Session, experiment_id: str) -> Progress:
     generations_planned = experiment.generation_tasks_planned
     evaluations_planned = experiment.evaluation_tasks_planned
     evaluations_per_generation = evaluations_planned // generations_planned if generations_planned else 0
-    never_evaluated = failed_by_stage["generation"] + (0 if experiment.evaluate_truncated else truncated_generations)
-    skipped = never_evaluated * evaluations_per_generation
+    skipped = failed_by_stage["generation"] * evaluations_per_generation + skipped_by_choice
     stages = {
         "generation": StageProgress(
             stage="generation",

@@ -4,6 +4,7 @@ each its own process, as in production."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,15 +14,21 @@ from daydream.stack import EmbeddedStack
 FAST_RETRIES = {"DAYDREAM_RETRY_BASE_DELAY_S": "0.2", "DAYDREAM_HEARTBEAT_S": "2"}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    """nats-server and the fake LLM (latency 0.1 s) running; services are started by each module
-    once it has shaped the topology it needs."""
-    data: Path = tmp_path_factory.mktemp("data")
-    running = EmbeddedStack(data, llm_base_url=None, fake_llm_latency=0.1, extra_env=FAST_RETRIES)
+@contextmanager
+def nats_and_fake_llm(data: Path, latency_s: float) -> Iterator[EmbeddedStack]:
+    """nats-server and the fake LLM running for `data`; the caller starts the services it needs
+    once it has shaped the topology. Everything is stopped on the way out."""
+    running = EmbeddedStack(data, llm_base_url=None, fake_llm_latency=latency_s, extra_env=FAST_RETRIES)
     running.start_nats()
     running.start_fake_llm()
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    """The fake answering in 0.1 s, for the worker tests."""
+    with nats_and_fake_llm(tmp_path_factory.mktemp("data"), latency_s=0.1) as running:
+        yield running

@@ -47,7 +47,7 @@ from shared.topology import (
 )
 from tests.conftest import EXAMPLE_RAW
 from tests.e2e.chaos import wait_until
-from tests.e2e.conftest import FAST_RETRIES
+from tests.e2e.conftest import nats_and_fake_llm
 from tests.e2e.harness import generation_task
 from tests.unit.test_tracker_recorder import dump_tables
 
@@ -84,13 +84,8 @@ COPY = "copy-"
 def example_stack(tmp_path_factory: pytest.TempPathFactory):
     data: Path = tmp_path_factory.mktemp("example")
     shutil.copytree(EXAMPLE_RAW, data / "1_raw")
-    stack = EmbeddedStack(data, llm_base_url=None, fake_llm_latency=0.02, extra_env=FAST_RETRIES)
-    stack.start_nats()
-    stack.start_fake_llm()
-    try:
+    with nats_and_fake_llm(data, latency_s=0.02) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
