@@ -3,8 +3,8 @@
 from faststream.nats import NatsMessage
 
 from services.evaluator.fanout import evaluation_messages
+from services.llm_worker.service import LLMWorkers
 from shared.events import GenerationDone
-from shared.llm_service import LLMWorkers
 from shared.service import decode, make_app, make_broker, publish_all, subscribe
 from shared.settings import get_settings
 from shared.topology import FANOUT_CONSUMER, find_reader

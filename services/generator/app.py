@@ -1,6 +1,6 @@
 """generator: runs generation tasks per tier and publishes `GenerationDone`."""
 
-from shared.llm_service import LLMWorkers
+from services.llm_worker.service import LLMWorkers
 from shared.service import make_app, make_broker
 from shared.settings import get_settings
 

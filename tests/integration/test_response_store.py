@@ -1,14 +1,14 @@
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import nats
 import pytest
 from nats.js.api import StorageType
 
+from services.llm_worker.response_store import ResponseStore
 from shared.events import CallParameters, CallRecord
 from shared.llm import chat_messages, request_hash
-from shared.response_store import ResponseStore
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +26,8 @@ def a_record(prompt: str = "Write.") -> CallRecord:
         latency_s=1.5,
         provider="DayDream-Fake",
         request_hash=key,
-        started_at=datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc),
-        finished_at=datetime(2025, 3, 1, 12, 0, 1, tzinfo=timezone.utc),
+        started_at=datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC),
+        finished_at=datetime(2025, 3, 1, 12, 0, 1, tzinfo=UTC),
     )
 
 

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 
+from services.llm_worker.retry_policy import PERMANENT_KINDS, backoff_ceiling_s, decide
 from shared.llm import ErrorKind, LLMError, classify_response, parse_retry_after
-from shared.retry_policy import PERMANENT_KINDS, backoff_ceiling_s, decide
 
 TRANSIENT = [
     ErrorKind.RATE_LIMITED,
@@ -93,7 +93,7 @@ def test_rate_limit_waits_exactly_the_retry_after_seconds():
 
 
 def test_rate_limit_honours_an_http_date_retry_after():
-    now = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
     header = format_datetime(now + timedelta(seconds=30), usegmt=True)
     error = LLMError(ErrorKind.RATE_LIMITED, "429", status=429, retry_after_s=parse_retry_after(header, now=now))
     decision = decide(error, 2, 6, base_delay_s=2.0, max_delay_s=60.0)
@@ -121,7 +121,7 @@ def test_parse_retry_after_seconds(header, expected):
 
 
 def test_parse_retry_after_date_in_the_past_means_now():
-    now = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("Sat, 01 Mar 2025 11:00:00 GMT", now=now) == 0.0
 
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
 
+from services.llm_worker.response_store import ResponseStore
+from services.llm_worker.retry_policy import decide
 from shared import metrics
 from shared.events import CallRecord, TaskCreated, TaskFailed
 from shared.llm import LLMClient, LLMError, chat_messages, request_hash
-from shared.response_store import ResponseStore
-from shared.retry_policy import decide
 from shared.settings import Settings
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from faststream.exceptions import NackMessage
 from faststream.nats import NatsBroker, NatsMessage
 
+from services.llm_worker.response_store import ResponseStore
+from services.llm_worker.worker import Completed, GaveUp, LLMWorker, RetryLater
 from shared.events import (
     EVALUATION_DONE,
     GENERATION_DONE,
@@ -14,9 +16,15 @@ from shared.events import (
     message_id,
 )
 from shared.llm import LLMClient
-from shared.llm_worker import Completed, GaveUp, LLMWorker, RetryLater
-from shared.response_store import ResponseStore
-from shared.service import decode, delivery_attempt, give_up, jetstream, log, publish, subscribe
+from shared.service import (
+    decode,
+    delivery_attempt,
+    give_up,
+    jetstream,
+    log,
+    publish,
+    subscribe,
+)
 from shared.settings import Settings
 from shared.topology import ensure_service_topology
 

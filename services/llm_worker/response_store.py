@@ -11,7 +11,12 @@ from collections.abc import Iterator
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, InvalidKeyError, KeyDeletedError, KeyNotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    InvalidKeyError,
+    KeyDeletedError,
+    KeyNotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from shared.events import CallRecord
