@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from daydream.cli import app
 from services.tracker.check import check as find_problems
+from services.tracker.csv_log import EARLIER_CSV_COLUMNS
 from services.tracker.db import make_engine
 from services.tracker.rebuild import RebuildError
 from services.tracker.rebuild import rebuild as rebuild_from_artifacts
-from services.tracker.recorder import EARLIER_CSV_COLUMNS, Tracker
+from services.tracker.recorder import Tracker
 from services.tracker.tables import GenerationResult
 from shared.events import EvaluationScored, GenerationDone
 from tests.unit.test_tracker_recorder import FakeExperiment, call, csv_keys, csv_lines, deliver, dump_tables

@@ -15,8 +15,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from services.tracker.artifacts import CsvHeaderMismatch, read_csv_rows
+from services.tracker.csv_log import EVALUATION_CSV_COLUMNS, GENERATION_CSV_COLUMNS
 from services.tracker.db import make_engine
-from services.tracker.recorder import EVALUATION_CSV_COLUMNS, GENERATION_CSV_COLUMNS, Tracker
+from services.tracker.recorder import Tracker
 from services.tracker.tables import (
     ALL_TABLES,
     ComboMapping,
