@@ -168,9 +168,22 @@ def write_score_file(layout: Layout, event: EvaluationScored) -> Path:
     )
 
 
+MAX_NAME_BYTES = 255
+"""The longest file name ext4, APFS and NTFS all take."""
+
+
+def fitting_name(stem: str, suffix: str) -> str:
+    """`stem + suffix`, or when that is too long for a file system a shortened stem made unique by
+    its hash: a failure must be recordable even for the task whose name was the failure."""
+    name = stem + suffix
+    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    return f"{stem.encode('utf-8')[:200].decode('utf-8', 'ignore')}.{content_digest(stem)}{suffix}"
+
+
 def write_failure_file(layout: Layout, event: TaskFailed) -> Path:
     """The latest failure of a task is kept (a failure file is state, not a result)."""
-    path = layout.failures_dir(event.experiment_id) / f"{event.task_id}.json"
+    path = layout.failures_dir(event.experiment_id) / fitting_name(event.task_id, ".json")
     if (
         not path.exists()
         or TaskFailed.model_validate_json(path.read_text(encoding="utf-8")).emitted_at < event.emitted_at

@@ -9,7 +9,9 @@ permission denied) becomes the task's recorded failure, so the event is consumed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine
 
@@ -23,8 +25,14 @@ from shared.events import (
     ExperimentPlanned,
     ExperimentRequested,
     GenerationDone,
+    TaskCreated,
     TaskFailed,
 )
+
+UNWRITABLE_ARTIFACT = "unwritable_artifact"
+"""The `Failure.reason` of a result whose file the tracker could not write."""
+
+Written = TypeVar("Written")
 
 
 class Tracker(Views):
@@ -47,21 +55,52 @@ class Tracker(Views):
         self.rows.store_planned(event)
 
     def record_generation(self, event: GenerationDone) -> None:
-        files = write_result_files(self.layout, "generation", event.task, event.call)
-        self.rows.store_generation(event.task, event.call, files)
+        files = self._write_or_fail(event.task, "generation", write_result_files, "generation", event.task, event.call)
+        if files is not None:
+            self.rows.store_generation(event.task, event.call, files)
 
     def record_evaluation(self, event: EvaluationDone) -> None:
-        files = write_result_files(self.layout, "evaluation", event.task, event.call)
-        self.rows.store_evaluation(event.task, event.call, files)
+        files = self._write_or_fail(event.task, "evaluation", write_result_files, "evaluation", event.task, event.call)
+        if files is not None:
+            self.rows.store_evaluation(event.task, event.call, files)
 
     def record_score(self, event: EvaluationScored) -> None:
         """A re-emitted score whose verdict is already recorded (the parser read the same answer
         again) writes no file and changes no row."""
         if self.rows.verdict_recorded(event):
             return
-        path = write_score_file(self.layout, event)
-        self.rows.store_score(event, self.layout.relative(path))
+        path = self._write_or_fail(event.task, "scoring", write_score_file, event)
+        if path is not None:
+            self.rows.store_score(event, self.layout.relative(path))
 
     def record_failure(self, event: TaskFailed) -> None:
-        path = write_failure_file(self.layout, event)
-        self.rows.store_failure(event, self.layout.relative(path))
+        """A failure file that cannot be written leaves the failure in the table alone (an empty
+        `failure_path`): `rebuild` cannot restore it, but the run does not hang on it."""
+        try:
+            failure_path = self.layout.relative(write_failure_file(self.layout, event))
+        except OSError:
+            failure_path = ""
+        self.rows.store_failure(event, failure_path)
+
+    def _write_or_fail(
+        self, task: TaskCreated, stage: str, write: Callable[..., Written], *args: object
+    ) -> Written | None:
+        """The files written, or None after recording why they could not be: redelivering the
+        event would fail the same way forever."""
+        try:
+            return write(self.layout, *args)
+        except OSError as error:
+            self.record_failure(
+                TaskFailed(
+                    stage=stage,
+                    experiment_id=task.experiment_id,
+                    task_id=task.task_id,
+                    reason=UNWRITABLE_ARTIFACT,
+                    message=f"the tracker cannot write {error.filename}: {error.strerror or error}",
+                    attempts=1,
+                    tier=task.tier.tier,
+                    model_id=task.model.id,
+                    task=task,
+                )
+            )
+            return None
