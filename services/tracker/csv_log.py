@@ -28,22 +28,19 @@ from sqlmodel import Session, SQLModel, select
 
 from services.tracker.artifacts import CsvHeaderMismatch, Layout, append_csv_rows, read_csv_header, read_csv_rows
 from services.tracker.stages import StageRegistry
-from services.tracker.tables import EvaluationResult, GenerationResult
+from services.tracker.tables import CALL_USAGE_COLUMNS, EvaluationResult, GenerationResult
 
 GENERATION_CSV_COLUMNS = (
     "experiment_id", "task_id", "revision", "combo_id", "generation_template_id", "generation_model_id",
     "generation_model", "tier", "replicate", "status", "started_at", "finished_at",
-    "prompt_path", "response_path", "call_path", "prompt_chars", "response_chars",
-    "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost_usd", "finish_reason",
-    "truncated", "cached",
+    "prompt_path", "response_path", "call_path", "prompt_chars", "response_chars", *CALL_USAGE_COLUMNS,
 )  # fmt: skip
 EVALUATION_CSV_COLUMNS = (
     "experiment_id", "task_id", "revision", "generation_task_id", "combo_id", "generation_template_id",
     "generation_model_id", "generation_model", "evaluation_template_id", "evaluation_model_id", "evaluation_model",
     "tier", "replicate", "status", "started_at", "finished_at", "scored_at",
     "prompt_path", "response_path", "call_path", "score_path", "prompt_chars", "response_chars",
-    "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost_usd", "finish_reason",
-    "truncated", "cached", "generation_truncated", "score", "max_score", "parse_error", "parser",
+    *CALL_USAGE_COLUMNS, "generation_truncated", "score", "max_score", "parse_error", "parser",
 )  # fmt: skip
 CSV_COLUMNS = StageRegistry("CSV columns", generation=GENERATION_CSV_COLUMNS, evaluation=EVALUATION_CSV_COLUMNS)
 ADDED_CSV_COLUMNS = StageRegistry(

@@ -16,7 +16,15 @@ from sqlmodel import Session, SQLModel, select
 from services.tracker.artifacts import Layout, ResultFiles
 from services.tracker.csv_log import CsvLog, complete_line, owed_csv_lines, revise
 from services.tracker.progress import refresh_finished
-from services.tracker.tables import ComboMapping, EvaluationResult, Experiment, Failure, GenerationResult, LlmCall
+from services.tracker.tables import (
+    CALL_USAGE_COLUMNS,
+    ComboMapping,
+    EvaluationResult,
+    Experiment,
+    Failure,
+    GenerationResult,
+    LlmCall,
+)
 from shared.events import CallRecord, EvaluationScored, ExperimentPlanned, ExperimentRequested, TaskCreated, TaskFailed
 from shared.ids import COMBO_ID_VERSION
 
@@ -321,13 +329,7 @@ def _call_values(call: CallRecord, files: ResultFiles) -> dict[str, Any]:
         call_path=files.call_path,
         prompt_chars=files.prompt_chars,
         response_chars=len(call.text),
-        prompt_tokens=call.prompt_tokens,
-        completion_tokens=call.completion_tokens,
-        reasoning_tokens=call.reasoning_tokens,
-        cost_usd=call.cost_usd,
-        finish_reason=call.finish_reason,
-        truncated=call.truncated,
-        cached=call.cached,
+        **call.model_dump(include=set(CALL_USAGE_COLUMNS)),
     )
 
 
