@@ -10,14 +10,16 @@ generation is complete when recorded; an evaluation once its answer, its score a
 `csv_appended` says the current revision's line is in the CSV; it is committed right after the
 append. A crash between the two leaves the flag false with the line already written; the tracker
 calls `CsvLog.reconcile()` on start, which appends only the pending revisions not in the CSV yet and
-sets their flags. A CSV with an earlier DayDream's header (without `revision`, and for evaluations
-`generation_model`) is never appended to: the tracker refuses to start on one, naming the file and
-the fix (`daydream rebuild`, which rewrites it from the artifacts).
+sets their flags. A CSV with an earlier DayDream's header (one of `PAST_CSV_HEADERS`) is first
+upgraded in place, atomically: each line gets the added columns (`revision` numbered in the order
+the lines were appended, `generation_model` from the generation's line), so no line is lost. A CSV
+with any other header is never appended to: the tracker refuses to start on it, naming the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +28,14 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, SQLModel, select
 
-from services.tracker.artifacts import CsvHeaderMismatch, Layout, append_csv_rows, read_csv_header, read_csv_rows
+from services.tracker.artifacts import (
+    CsvHeaderMismatch,
+    Layout,
+    append_csv_rows,
+    read_csv_header,
+    read_csv_rows,
+    write_csv,
+)
 from services.tracker.stages import StageRegistry
 from services.tracker.tables import CALL_USAGE_COLUMNS, EvaluationResult, GenerationResult
 
@@ -54,6 +63,11 @@ EARLIER_CSV_COLUMNS = StageRegistry(
         for stage, columns in CSV_COLUMNS.items()
     },
 )
+PAST_CSV_HEADERS = StageRegistry(
+    "past CSV headers", **{stage: (columns,) for stage, columns in EARLIER_CSV_COLUMNS.items()}
+)
+"""Every header an earlier DayDream wrote, oldest first: each is upgraded to today's on start. A
+column added to `CSV_COLUMNS` adds today's header here and says how `_upgraded` fills it."""
 RESULT_TABLES: StageRegistry[type[GenerationResult] | type[EvaluationResult]] = StageRegistry(
     "result table", generation=GenerationResult, evaluation=EvaluationResult
 )
@@ -94,11 +108,11 @@ def csv_header_problem(path: Path, stage: str) -> CsvHeaderProblem | None:
     header = tuple(read_csv_header(path))
     if header == CSV_COLUMNS[stage]:
         return None
-    if header == EARLIER_CSV_COLUMNS[stage]:
+    if header in PAST_CSV_HEADERS[stage]:
         return CsvHeaderProblem(
             "outdated_csv",
             f"{path} was written by an earlier DayDream (it lacks {', '.join(ADDED_CSV_COLUMNS[stage])})",
-            "run `daydream rebuild`: it rewrites the file from the artifacts",
+            "start the tracker (`daydream up` or `daydream run`): it upgrades the file in place",
         )
     return CsvHeaderProblem(
         "foreign_csv",
@@ -140,6 +154,16 @@ def pending_csv_rows(stage: str):
     )
 
 
+def _upgraded(lines: Iterable[dict[str, str]], generation_models: dict[tuple[str, str], str]) -> Iterator[dict]:
+    """An earlier DayDream's lines with today's columns: a line's own values win over the filled-in ones."""
+    revisions: Counter[tuple[str, str]] = Counter()
+    for line in lines:
+        key = (line["experiment_id"], line["task_id"])
+        revisions[key] += 1
+        generation = (line["experiment_id"], line.get("generation_task_id", line["task_id"]))
+        yield {"revision": revisions[key], "generation_model": generation_models.get(generation, ""), **line}
+
+
 class CsvLog:
     """Appends the lines rows owe and flags them, and finishes what a crash interrupted."""
 
@@ -147,9 +171,28 @@ class CsvLog:
         self.layout = layout
         self.engine = engine
 
+    def upgrade(self) -> list[Path]:
+        """Rewrites each CSV an earlier DayDream wrote under today's header, every line kept;
+        returns those it rewrote. Generations first: evaluations take their model from them."""
+        upgraded = []
+        for stage in CSV_COLUMNS:
+            path = self.layout.cross_experiment_csv(stage)
+            problem = csv_header_problem(path, stage)
+            if problem is None or problem.kind != "outdated_csv":
+                continue
+            generation_models = {
+                (line["experiment_id"], line["task_id"]): line["generation_model"]
+                for line in read_csv_rows(self.layout.cross_experiment_csv("generation"))
+            }
+            write_csv(path, CSV_COLUMNS[stage], list(_upgraded(read_csv_rows(path), generation_models)))
+            upgraded.append(path)
+        return upgraded
+
     def reconcile(self) -> None:
-        """Finish appends a crash interrupted: pending revisions whose line may already be written.
-        Refuses, before touching anything, a CSV it must not append to (see the module docstring)."""
+        """Upgrades earlier DayDreams' CSVs, then finishes appends a crash interrupted: pending
+        revisions whose line may already be written. Refuses, before touching anything, a CSV it
+        must not append to (see the module docstring)."""
+        self.upgrade()
         for stage in CSV_COLUMNS:
             problem = csv_header_problem(self.layout.cross_experiment_csv(stage), stage)
             if problem is not None:
