@@ -31,7 +31,7 @@ from common import (
     wait_finished,
 )
 
-from services.tracker.recorder import Progress
+from services.tracker.progress import Progress
 
 BUCKET = 1000
 

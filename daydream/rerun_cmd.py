@@ -15,8 +15,8 @@ from rich.console import Console
 from daydream import options
 from daydream.publish_cmd import snapshot_spec
 from daydream.run_cmd import on_a_stack
-from services.tracker.db import make_engine
-from services.tracker.recorder import RecordedResults, Tracker
+from services.tracker.db import init_db, make_engine
+from services.tracker.views import RecordedResults, Views
 from shared.events import ExperimentSpec, TaskCreated, message_id, task_subject
 from shared.prompts import TemplateProblem
 from shared.settings import Settings
@@ -79,7 +79,9 @@ def rerun(
     if spec is None:
         console.print(f"[yellow]no snapshot of {experiment_id} under {data / 'experiments'}[/]: "
                       "only its recorded failures can be rerun")
-    tracker = Tracker(data, make_engine(settings.sqlalchemy_url()))
+    engine = make_engine(settings.sqlalchemy_url())
+    init_db(engine)
+    tracker = Views(data, engine)
     failures = tracker.failed_tasks(experiment_id)
     recorded = tracker.recorded_results(experiment_id)
     known = rerunnable_tasks(spec, failures, recorded)

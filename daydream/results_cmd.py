@@ -12,10 +12,11 @@ from sqlalchemy import Engine
 from daydream import options
 from services.tracker.check import check as find_problems
 from services.tracker.db import OutdatedSchema, engine_for, init_db
+from services.tracker.progress import Progress
 from services.tracker.rebuild import RebuildError
 from services.tracker.rebuild import rebuild as rebuild_from_artifacts
-from services.tracker.recorder import Progress, Tracker
 from services.tracker.summaries import latest_experiment_id, render_results_table, write_results
+from services.tracker.views import Views
 
 console = Console()
 
@@ -33,7 +34,7 @@ def _open(data_dir: Path) -> tuple[Path, Engine]:
 
 def _experiment_or_exit(data_dir: Path, engine: Engine, experiment_id: str | None) -> str:
     """The experiment asked for, or the latest one; exits with the known ids when there is none."""
-    known = Tracker(data_dir, engine).experiment_ids()
+    known = Views(data_dir, engine).experiment_ids()
     if experiment_id is None:
         experiment_id = latest_experiment_id(engine)
     if experiment_id is None:
@@ -88,7 +89,7 @@ def status(
     """Progress of an experiment: what was planned, what is done, what failed and why."""
     data_dir, engine = _open(data)
     chosen = _experiment_or_exit(data_dir, engine, experiment_id)
-    progress = Tracker(data_dir, engine).progress(chosen)
+    progress = Views(data_dir, engine).progress(chosen)
     console.print(render_progress(progress))
     if progress.failures_by_reason:
         failures = Table(title="failures by reason")

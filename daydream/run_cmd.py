@@ -14,10 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from daydream import options
 from daydream.publish_cmd import prepare_experiment, publish_experiment
 from daydream.stack import STATE_FILE, EmbeddedStack, StackState, consumers_idle, stop_detached, usable_stack
-from services.tracker.db import make_engine
-from services.tracker.recorder import PROGRESS_STAGES, Tracker
-from services.tracker.recorder import Progress as ExperimentProgress
+from services.tracker.db import init_db, make_engine
+from services.tracker.progress import PROGRESS_STAGES
+from services.tracker.progress import Progress as ExperimentProgress
 from services.tracker.summaries import render_results_table, write_results
+from services.tracker.views import Views
 from shared.events import TierSpec
 from shared.settings import OPENROUTER_BASE_URL, Settings
 
@@ -52,7 +53,7 @@ class StackFailed(Exception):
     """A process of the stack `run` started has died: waiting longer would wait forever."""
 
 
-def follow(tracker: Tracker, experiment_id: str, stack: EmbeddedStack | None,
+def follow(tracker: Views, experiment_id: str, stack: EmbeddedStack | None,
            idle_on: str | None = None, poll_s: float = 0.3) -> ExperimentProgress:
     """Live bars per stage until every planned task is done, failed or skipped (or planning
     itself failed) — and, with `idle_on`, that stack has nothing left to do: a rerun follows an
@@ -84,7 +85,7 @@ def follow(tracker: Tracker, experiment_id: str, stack: EmbeddedStack | None,
             time.sleep(poll_s)
 
 
-def report(tracker: Tracker, engine, data: Path, progress: ExperimentProgress) -> int:
+def report(tracker: Views, engine, data: Path, progress: ExperimentProgress) -> int:
     experiment_id = progress.experiment_id
     if progress.planning_error is not None:
         console.print(f"[red]experiment {experiment_id} could not be planned:[/] {progress.planning_error}")
@@ -133,7 +134,8 @@ def on_a_stack(
             stack = start_stack(data, settings, tiers)
             nats_url = stack.nats_url
         engine = make_engine(settings.sqlalchemy_url())
-        tracker = Tracker(data, engine)
+        init_db(engine)
+        tracker = Views(data, engine)
         asyncio.run(publish(settings.model_copy(update={"nats_url": nats_url})))
         progress = follow(tracker, experiment_id, stack, nats_url if wait_for_idle else None)
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 import asyncio
 from datetime import datetime
+from functools import cache
 
 from faststream.nats import NatsMessage
 from nats.js.errors import NotFoundError
@@ -27,27 +28,26 @@ from shared.events import (
 from shared.lifecycle import BackgroundTasks
 from shared.service import decode, jetstream, make_app, make_broker, subscribe
 from shared.settings import get_settings
-from shared.topology import (
-    DEAD_LETTER_CONSUMER,
-    TASKS_STREAM,
-    TRACKER_SUBJECTS,
-    ensure_service_topology,
-    find_reader,
-)
+from shared.topology import DEAD_LETTER_CONSUMER, TASKS_STREAM, TRACKER_SUBJECTS, ensure_service_topology, find_reader
 
 settings = get_settings()
 broker = make_broker(settings)
 background = BackgroundTasks()
-engine = make_engine(settings.sqlalchemy_url())
-tracker = Tracker(settings.data, engine)
+
+
+@cache
+def tracker() -> Tracker:
+    """Made at startup, not at import: importing the app opens no database."""
+    return Tracker(settings.data, make_engine(settings.sqlalchemy_url()))
+
 
 RECORDERS_BY_SUBJECT = {
-    EXPERIMENT_REQUESTED: (ExperimentRequested, tracker.record_requested),
-    EXPERIMENT_PLANNED: (ExperimentPlanned, tracker.record_planned),
-    GENERATION_DONE: (GenerationDone, tracker.record_generation),
-    EVALUATION_DONE: (EvaluationDone, tracker.record_evaluation),
-    EVALUATION_SCORED: (EvaluationScored, tracker.record_score),
-    TASK_FAILED: (TaskFailed, tracker.record_failure),
+    EXPERIMENT_REQUESTED: (ExperimentRequested, Tracker.record_requested),
+    EXPERIMENT_PLANNED: (ExperimentPlanned, Tracker.record_planned),
+    GENERATION_DONE: (GenerationDone, Tracker.record_generation),
+    EVALUATION_DONE: (EvaluationDone, Tracker.record_evaluation),
+    EVALUATION_SCORED: (EvaluationScored, Tracker.record_score),
+    TASK_FAILED: (TaskFailed, Tracker.record_failure),
 }
 RECORDERS = {durable: RECORDERS_BY_SUBJECT[subject] for durable, subject in TRACKER_SUBJECTS.items()}
 """Keyed by the durable names `shared.topology` declares, so they are spelled in one place; a
@@ -56,7 +56,7 @@ subject there without a recorder here fails at import."""
 
 def recorder_for(event_type, record):
     async def handle(msg: NatsMessage) -> None:
-        record(await decode(broker, msg, event_type, stage="tracking"))
+        record(tracker(), await decode(broker, msg, event_type, stage="tracking"))
 
     return handle
 
@@ -79,7 +79,7 @@ class StoredTasks:
 
 async def handle_dead_letter(msg: NatsMessage) -> None:
     advisory = await decode(broker, msg, MaxDeliveriesAdvisory, stage=DEAD_LETTER_STAGE)
-    await record_dead_letter(advisory, StoredTasks(broker.config.connection_state.stream), tracker.record_failure)
+    await record_dead_letter(advisory, StoredTasks(broker.config.connection_state.stream), tracker().record_failure)
 
 
 async def publish_progress() -> None:
@@ -89,10 +89,10 @@ async def publish_progress() -> None:
     recomputing the whole history every 2 s blocked the event loop."""
     published: dict[str, datetime | None] = {}
     while True:
-        for experiment_id, finished_at in tracker.finished_at_by_experiment().items():
+        for experiment_id, finished_at in tracker().finished_at_by_experiment().items():
             if finished_at is not None and published.get(experiment_id) == finished_at:
                 continue
-            progress = tracker.progress(experiment_id)
+            progress = tracker().progress(experiment_id)
             for stage, state in progress.stages.items():
                 metrics.set_experiment_progress(experiment_id, stage, state.planned or 0, state.done,
                                                 state.failed + state.skipped)
@@ -102,7 +102,7 @@ async def publish_progress() -> None:
 
 
 async def startup() -> None:
-    tracker.reconcile_csvs()
+    tracker().reconcile_csvs()
     await ensure_service_topology(await jetstream(broker), settings, readers=[*TRACKER_SUBJECTS, DEAD_LETTER_CONSUMER])
     for durable, (event_type, record) in RECORDERS.items():
         subscribe(broker, find_reader(settings, durable), recorder_for(event_type, record))

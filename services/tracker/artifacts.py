@@ -18,15 +18,22 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from services.tracker.stages import StageRegistry
+from shared.events import CallRecord, EvaluationScored, TaskCreated, TaskFailed
 from shared.files import atomic_write_text, csv_text
 
 GENERATION_DIR = "3_generation"
 EVALUATION_DIR = "4_evaluation"
 CROSS_EXPERIMENT_DIR = "7_cross_experiment"
 EXPERIMENTS_DIR = "experiments"
+STAGE_DIRS = StageRegistry("artifact folder", generation=GENERATION_DIR, evaluation=EVALUATION_DIR)
+TASK_FIELDS_NOT_KEPT = {"prompt", "evaluation_plan"}
+"""The prompt has its own file; the evaluation plan is only for the evaluator's fan-out."""
 
 
 def to_json(data: Any) -> str:
@@ -78,7 +85,7 @@ class Layout:
         return self._stage_dir(stage) / f"{stage}_responses"
 
     def _stage_dir(self, stage: str) -> Path:
-        return self.data_dir / (GENERATION_DIR if stage == "generation" else EVALUATION_DIR)
+        return self.data_dir / STAGE_DIRS[stage]
 
     def experiment_dir(self, experiment_id: str) -> Path:
         return self.data_dir / EXPERIMENTS_DIR / experiment_id
@@ -101,6 +108,88 @@ class Layout:
 
     def absolute(self, relative: str) -> Path:
         return self.data_dir / relative
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """Where one result's artifacts are, relative to the data directory."""
+
+    prompt_path: str
+    response_path: str
+    call_path: str
+    prompt_chars: int
+
+
+def kept_task_fields(task: TaskCreated) -> dict[str, Any]:
+    return task.model_dump(mode="json", exclude=TASK_FIELDS_NOT_KEPT)
+
+
+def task_from_kept_fields(fields: dict[str, Any]) -> TaskCreated:
+    """The task as the tracker needs it back; its prompt text lives in the prompt file."""
+    return TaskCreated.model_validate({**fields, "prompt": ""})
+
+
+def write_event_file(layout: Layout, experiment_id: str, name: str, event: Any) -> Path:
+    return write_once(layout.events_dir(experiment_id), [name], to_json(event.model_dump(mode="json")))
+
+
+def write_result_files(layout: Layout, stage: str, task: TaskCreated, call: CallRecord) -> ResultFiles:
+    """Prompt, response and call record; the call record carries what the row needs (see `rebuild`)."""
+    names = partial(task_artifact_names, task.task_id, task.experiment_id)
+    prompt = write_once(layout.prompts_dir(stage), names(".txt"), task.prompt)
+    response = write_once(layout.responses_dir(stage), names(".txt"), call.text)
+    record = {
+        "experiment_id": task.experiment_id,
+        "task_id": task.task_id,
+        "stage": stage,
+        "task": kept_task_fields(task),
+        "call": call.model_dump(mode="json"),
+        "prompt_path": layout.relative(prompt),
+        "response_path": layout.relative(response),
+        "prompt_chars": len(task.prompt),
+    }
+    call_file = write_once(layout.responses_dir(stage), names(".json"), to_json(record))
+    return ResultFiles(
+        prompt_path=record["prompt_path"],
+        response_path=record["response_path"],
+        call_path=layout.relative(call_file),
+        prompt_chars=len(task.prompt),
+    )
+
+
+def write_score_file(layout: Layout, event: EvaluationScored) -> Path:
+    task = event.task
+    record = event.model_dump(mode="json")
+    record["task"] = kept_task_fields(task)
+    return write_once(
+        layout.responses_dir("evaluation"),
+        task_artifact_names(task.task_id, task.experiment_id, ".score.json"),
+        to_json(record),
+    )
+
+
+MAX_NAME_BYTES = 255
+"""The longest file name ext4, APFS and NTFS all take."""
+
+
+def fitting_name(stem: str, suffix: str) -> str:
+    """`stem + suffix`, or when that is too long for a file system a shortened stem made unique by
+    its hash: a failure must be recordable even for the task whose name was the failure."""
+    name = stem + suffix
+    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    return f"{stem.encode('utf-8')[:200].decode('utf-8', 'ignore')}.{content_digest(stem)}{suffix}"
+
+
+def write_failure_file(layout: Layout, event: TaskFailed) -> Path:
+    """The latest failure of a task is kept (a failure file is state, not a result)."""
+    path = layout.failures_dir(event.experiment_id) / fitting_name(event.task_id, ".json")
+    if (
+        not path.exists()
+        or TaskFailed.model_validate_json(path.read_text(encoding="utf-8")).emitted_at < event.emitted_at
+    ):
+        atomic_write_text(path, to_json(event.model_dump(mode="json")))
+    return path
 
 
 class CsvHeaderMismatch(ValueError):

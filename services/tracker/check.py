@@ -2,7 +2,7 @@
 Each problem names where it is and the command that fixes it.
 
 A cross-experiment CSV agrees with the database when, for every row whose line was appended, the
-CSV's current line for its (experiment_id, task_id) — the highest revision, see `recorder` — holds
+CSV's current line for its (experiment_id, task_id) — the highest revision, see `csv_log` — holds
 the row's values, and no revision appears twice."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from services.tracker.artifacts import Layout, read_csv_rows
-from services.tracker.recorder import CSV_COLUMNS, RESULT_TABLES, csv_header_problem, csv_line
+from services.tracker.csv_log import CSV_COLUMNS, RESULT_TABLES, csv_header_problem, csv_line
 from services.tracker.tables import EvaluationResult, Failure, GenerationResult
 
 REBUILD = "run `daydream rebuild`"

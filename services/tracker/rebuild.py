@@ -24,24 +24,15 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from services.tracker.artifacts import EXPERIMENTS_DIR, Layout, read_csv_rows
-from services.tracker.db import drop_db
-from services.tracker.recorder import (
-    CSV_COLUMNS,
-    ResultFiles,
-    Tracker,
-    as_utc,
-    csv_header_problem,
-    task_from_kept_fields,
-)
+from services.tracker.artifacts import EXPERIMENTS_DIR, Layout, ResultFiles, read_csv_rows, task_from_kept_fields
+from services.tracker.csv_log import CSV_COLUMNS, csv_header_problem
+from services.tracker.db import drop_db, init_db
+from services.tracker.rows import Rows, as_utc
+from services.tracker.stages import StageRegistry
 from services.tracker.tables import ComboMapping
-from shared.events import (
-    CallRecord,
-    EvaluationScored,
-    ExperimentPlanned,
-    ExperimentRequested,
-    TaskFailed,
-)
+from shared.events import CallRecord, EvaluationScored, ExperimentPlanned, ExperimentRequested, TaskFailed
+
+RESULT_STORES = StageRegistry("store function", generation=Rows.store_generation, evaluation=Rows.store_evaluation)
 
 
 class RebuildError(Exception):
@@ -65,7 +56,7 @@ class _Replay:
 
     sort_key: tuple
     """(when it happened, kind, name): kinds break ties in the order events follow one another."""
-    apply: Callable[[Tracker], None]
+    apply: Callable[[Rows], None]
 
 
 def _load(path: Path, parse: Callable[[Any], Any]) -> Any:
@@ -88,8 +79,8 @@ def _result_replay(layout: Layout, path: Path, stage: str) -> _Replay:
             call_path=layout.relative(path),
             prompt_chars=record["prompt_chars"],
         )
-        store = Tracker.store_generation if stage == "generation" else Tracker.store_evaluation
-        return _Replay((as_utc(call.finished_at), 2, task.task_id), lambda tracker: store(tracker, task, call, files))
+        store = RESULT_STORES[stage]
+        return _Replay((as_utc(call.finished_at), 2, task.task_id), lambda rows: store(rows, task, call, files))
 
     return _load(path, parse)
 
@@ -99,7 +90,7 @@ def _score_replay(layout: Layout, path: Path) -> _Replay:
         event = EvaluationScored.model_validate({**record, "task": task_from_kept_fields(record["task"])})
         return _Replay(
             (as_utc(event.emitted_at), 3, event.task.task_id),
-            lambda tracker: tracker.store_score(event, layout.relative(path)),
+            lambda rows: rows.store_score(event, layout.relative(path)),
         )
 
     return _load(path, parse)
@@ -127,7 +118,7 @@ def _collect(layout: Layout, report: RebuildReport) -> list[_Replay]:
             add(_Replay((as_utc(planned.emitted_at), 1, path.name), lambda t, e=planned: t.store_planned(e)), path)
         for path in sorted(events_dir.glob("failures/*.json")):
             failed = _load(path, TaskFailed.model_validate)
-            store = partial(Tracker.store_failure, event=failed, failure_path=layout.relative(path))
+            store = partial(Rows.store_failure, event=failed, failure_path=layout.relative(path))
             add(_Replay((as_utc(failed.emitted_at), 4, failed.task_id), lambda t, s=store: s(t)), path, "failures")
     for stage, counter in (("generation", "generations"), ("evaluation", "evaluations")):
         for path in sorted(layout.responses_dir(stage).glob("*.json")):
@@ -177,11 +168,12 @@ def rebuild(data_dir: Path, engine: Engine) -> RebuildReport:
     mappings = _combo_mappings(layout)
     _refuse_foreign_csvs(layout)
     drop_db(engine)
-    for stage in ("generation", "evaluation"):
+    for stage in CSV_COLUMNS:
         layout.cross_experiment_csv(stage).unlink(missing_ok=True)
-    tracker = Tracker(data_dir, engine)
+    init_db(engine)
+    rows = Rows(layout, engine)
     for replay in replays:
-        replay.apply(tracker)
-    tracker.store_combo_mappings(mappings)
+        replay.apply(rows)
+    rows.store_combo_mappings(mappings)
     report.combo_mappings = len(mappings)
     return report

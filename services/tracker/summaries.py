@@ -19,14 +19,16 @@ Conventions (kept from the original pipeline's 9-point judges):
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
 from sqlalchemy import Engine
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
 
 from services.tracker.artifacts import write_csv
@@ -108,19 +110,31 @@ def _scale_key(scale: tuple[str, int | None]) -> tuple[str, int]:
 def latest_experiment_id(engine: Engine) -> str | None:
     """The most recently requested experiment (or, lacking requests, the last id known)."""
     with Session(engine) as session:
-        experiments = session.exec(select(Experiment)).all()
+        experiments = session.exec(select(Experiment.experiment_id, Experiment.requested_at)).all()
     if not experiments:
         return None
     return max(experiments, key=lambda e: (e.requested_at is not None, e.requested_at, e.experiment_id)).experiment_id
 
 
 def evaluation_rows(engine: Engine, experiment_id: str | None) -> list[EvaluationResult]:
-    """Scored evaluations (parse errors included) of one experiment, or of all when id is None."""
-    query = select(EvaluationResult).where(EvaluationResult.has_score == True)  # noqa: E712
+    """Scored evaluations (parse errors included) of one experiment, or of all when id is None.
+    Plain rows of the parsed-scores columns (every summary reads only those), read like
+    `EvaluationResult`s: loading 64,000 whole ORM objects took 12 s."""
+    table = EvaluationResult.__table__
+    query = sa_select(*(table.c[column] for column in PARSED_SCORES_COLUMNS)).where(table.c.has_score == True)  # noqa: E712
     if experiment_id is not None:
-        query = query.where(EvaluationResult.experiment_id == experiment_id)
-    with Session(engine) as session:
-        return list(session.exec(query.order_by(EvaluationResult.experiment_id, EvaluationResult.task_id)).all())
+        query = query.where(table.c.experiment_id == experiment_id)
+    with engine.connect() as connection:
+        return list(connection.execute(query.order_by(table.c.experiment_id, table.c.task_id)).all())
+
+
+def _sample_stdev(scores: Sequence[float]) -> float | None:
+    """`statistics.stdev` in floats, rounded as the tables print it: the exact version (fractions)
+    took a second per 16,000 groups."""
+    if len(scores) < 2:
+        return None
+    mean = statistics.fmean(scores)
+    return round(math.sqrt(sum((score - mean) ** 2 for score in scores) / (len(scores) - 1)), 4)
 
 
 def describe(scores: list[float], max_score: int | None) -> dict[str, float | int | None]:
@@ -129,7 +143,7 @@ def describe(scores: list[float], max_score: int | None) -> dict[str, float | in
     return {
         "count": len(scores),
         "mean": round(statistics.fmean(scores), 4),
-        "std": round(statistics.stdev(scores), 4) if len(scores) > 1 else None,
+        "std": _sample_stdev(scores),
         "min": min(scores),
         "max": max(scores),
         "high_count": sum(value >= HIGH_SCORE for value in scaled),
@@ -222,7 +236,7 @@ def evaluator_agreement(rows: Iterable[EvaluationResult]) -> list[dict]:
                 **{column: getattr(generation, column) for column in (*GENERATION_COLUMNS, *SCALE_COLUMNS)},
                 "evaluators": len(scores),
                 "mean": round(generation.mean, 4),
-                "std": round(statistics.stdev(scores), 4) if len(scores) > 1 else None,
+                "std": _sample_stdev(scores),
                 "min": min(scores),
                 "max": max(scores),
                 "range": score_range,
@@ -237,7 +251,7 @@ def write_results(engine: Engine, data_dir: Path, experiment_id: str | None) -> 
     rows = evaluation_rows(engine, experiment_id)
     parsed = data_dir / "5_parsing" / "parsed_scores.csv"
     summary_dir = data_dir / "6_summary"
-    write_csv(parsed, PARSED_SCORES_COLUMNS, [{c: getattr(row, c) for c in PARSED_SCORES_COLUMNS} for row in rows])
+    write_csv(parsed, PARSED_SCORES_COLUMNS, [row._asdict() for row in rows])
     write_csv(summary_dir / "final_results.csv", FINAL_RESULTS_COLUMNS, final_results(rows))
     pivot_columns, pivot_rows = score_pivot(rows)
     write_csv(summary_dir / "generation_scores_pivot.csv", pivot_columns, pivot_rows)
@@ -272,7 +286,9 @@ def generation_models(engine: Engine, generations: Iterable[GenerationScore]) ->
     keys = {(g.experiment_id, g.generation_task_id) for g in generations}
     with Session(engine) as session:
         rows = session.exec(
-            select(GenerationResult).where(GenerationResult.experiment_id.in_({experiment for experiment, _ in keys}))
+            select(GenerationResult.experiment_id, GenerationResult.task_id, GenerationResult.generation_model).where(
+                GenerationResult.experiment_id.in_({experiment for experiment, _ in keys})
+            )
         ).all()
     return {(r.experiment_id, r.task_id): r.generation_model for r in rows if (r.experiment_id, r.task_id) in keys}
 

@@ -54,7 +54,24 @@ class ComboMapping(SQLModel, table=True):
     created_at: datetime
 
 
-class GenerationResult(SQLModel, table=True):
+class CallUsage(SQLModel):
+    """What a call cost and how it ended, declared once for every table that carries it (the
+    result tables, `llm_calls`) and for the cross-experiment CSVs; the names are `CallRecord`'s.
+    Nullable, as an evaluation row may exist (its score arrived first) before its call did."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    finish_reason: str | None = None
+    truncated: bool | None = None
+    cached: bool | None = None
+
+
+CALL_USAGE_COLUMNS = tuple(CallUsage.model_fields)
+
+
+class GenerationResult(CallUsage, table=True):
     __tablename__ = "generation_results"
     __table_args__ = (
         UniqueConstraint("experiment_id", "task_id"),
@@ -78,20 +95,13 @@ class GenerationResult(SQLModel, table=True):
     call_path: str
     prompt_chars: int
     response_chars: int
-    prompt_tokens: int
-    completion_tokens: int
-    reasoning_tokens: int
-    cost_usd: float | None = None
-    finish_reason: str | None = None
-    truncated: bool
-    cached: bool
     revision: int = 0
     """How many complete states the row has had: its current line in the cross-experiment CSV."""
     csv_appended: bool = False
     """Set once the line of the current revision is in 7_cross_experiment/generation_results.csv."""
 
 
-class EvaluationResult(SQLModel, table=True):
+class EvaluationResult(CallUsage, table=True):
     """Filled by EvaluationDone (the judge's text) and EvaluationScored (its parse), in either order."""
 
     __tablename__ = "evaluation_results"
@@ -127,13 +137,6 @@ class EvaluationResult(SQLModel, table=True):
     call_path: str | None = None
     prompt_chars: int | None = None
     response_chars: int | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    cost_usd: float | None = None
-    finish_reason: str | None = None
-    truncated: bool | None = None
-    cached: bool | None = None
     has_score: bool = False
     score: float | None = None
     parse_error: str | None = None
@@ -166,8 +169,9 @@ class Failure(SQLModel, table=True):
     resolved: bool = False
 
 
-class LlmCall(SQLModel, table=True):
-    """The call behind each result (the newest one when a task was rerun)."""
+class LlmCall(CallUsage, table=True):
+    """The call behind each result (the newest one when a task was rerun): every `CallRecord`
+    field but its text."""
 
     __tablename__ = "llm_calls"
     __table_args__ = (UniqueConstraint("experiment_id", "task_id"),)
@@ -179,15 +183,8 @@ class LlmCall(SQLModel, table=True):
     model_id: str
     model: str
     tier: str
-    prompt_tokens: int
-    completion_tokens: int
-    reasoning_tokens: int
-    cost_usd: float | None = None
     latency_s: float
-    finish_reason: str | None = None
     native_finish_reason: str | None = None
-    truncated: bool
-    cached: bool
     provider: str | None = None
     resolved_model: str | None = None
     response_id: str | None = None

@@ -16,6 +16,7 @@ from daydream.cli import app
 from services.tracker.db import drop_db, make_engine
 from services.tracker.recorder import Tracker
 from services.tracker.tables import ComboMapping
+from tests.unit.test_tracker_migration import assert_upgraded_in_place, record_with_earlier_daydream
 from tests.unit.test_tracker_rebuild import rerun_and_rescore, sorted_lines
 from tests.unit.test_tracker_recorder import FakeExperiment, csv_keys, deliver, dump_tables
 
@@ -117,3 +118,12 @@ def test_rebuild_check_and_results_on_postgres_agree_with_sqlite(postgres_url: s
     assert "1.0" in (pg_dir / "5_parsing" / "parsed_scores.csv").read_text()
     engine.dispose()
     reference.engine.dispose()
+
+
+def test_an_earlier_daydreams_database_on_postgres_is_migrated_and_keeps_its_rows(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    engine = make_engine(postgres_url)
+    drop_db(engine)
+    tables, lines = record_with_earlier_daydream(tmp_path / "pg", engine)
+    assert_upgraded_in_place(tmp_path / "pg", engine, tables, lines)

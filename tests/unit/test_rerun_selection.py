@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from daydream.rerun_cmd import rerunnable_tasks, unfinished_tasks
-from services.tracker.recorder import RecordedGeneration, RecordedResults
+from services.tracker.views import RecordedGeneration, RecordedResults
 from shared.events import ExperimentSpec
 from shared.inputs import load_experiment
 from shared.tasks import evaluation_tasks, generation_tasks

@@ -15,8 +15,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from services.tracker.artifacts import CsvHeaderMismatch, read_csv_rows
+from services.tracker.csv_log import EVALUATION_CSV_COLUMNS, GENERATION_CSV_COLUMNS
 from services.tracker.db import make_engine
-from services.tracker.recorder import EVALUATION_CSV_COLUMNS, GENERATION_CSV_COLUMNS, Tracker
+from services.tracker.recorder import Tracker
 from services.tracker.tables import (
     ALL_TABLES,
     ComboMapping,
@@ -545,16 +546,13 @@ def test_failures_outside_the_planned_stages_are_reported_but_not_counted_as_tas
     assert [stage.failed for stage in progress.stages.values()] == [0, 0, 1]
 
 
-def test_the_tracker_refuses_to_start_on_a_csv_with_an_earlier_header_and_says_to_rebuild(
-    tracker: Tracker, data_dir: Path
-) -> None:
+def test_the_tracker_upgrades_an_empty_csv_with_an_earlier_header_to_todays(tracker: Tracker, data_dir: Path) -> None:
     csv_path = data_dir / "7_cross_experiment" / "evaluation_results.csv"
     csv_path.parent.mkdir(parents=True)
     earlier = ",".join(column for column in EVALUATION_CSV_COLUMNS if column not in ("revision", "generation_model"))
     csv_path.write_text(earlier + "\n")
-    with pytest.raises(CsvHeaderMismatch, match="evaluation_results.csv was written by an earlier DayDream.*rebuild"):
-        tracker.reconcile_csvs()
-    assert csv_path.read_text() == earlier + "\n"
+    tracker.reconcile_csvs()
+    assert csv_path.read_text().splitlines() == [",".join(EVALUATION_CSV_COLUMNS)]
 
 
 def test_a_cross_experiment_csv_with_foreign_columns_is_refused_not_mixed(tracker: Tracker, data_dir: Path) -> None:

@@ -1,0 +1,353 @@
+"""Upserting the tracker's rows: every write is keyed on (experiment_id, task_id) and compares
+before it changes anything. A redelivered event changes nothing; a newer call for the same task (a
+rerun) replaces the row's values; a success resolves an earlier failure. A score re-emitted with the
+verdict already recorded changes nothing, not even `scored_at`. Used by the tracker for each event
+and by `rebuild` for each artifact file."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Engine, bindparam
+from sqlmodel import Session, SQLModel, select
+
+from services.tracker.artifacts import Layout, ResultFiles
+from services.tracker.csv_log import CsvLog, complete_line, owed_csv_lines, revise
+from services.tracker.progress import refresh_finished
+from services.tracker.tables import (
+    CALL_USAGE_COLUMNS,
+    ComboMapping,
+    EvaluationResult,
+    Experiment,
+    Failure,
+    GenerationResult,
+    LlmCall,
+)
+from shared.events import CallRecord, EvaluationScored, ExperimentPlanned, ExperimentRequested, TaskCreated, TaskFailed
+from shared.ids import COMBO_ID_VERSION
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Aware UTC, as the tables store it; a naive time is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _earliest(*moments: datetime | None) -> datetime | None:
+    return min((m for m in moments if m is not None), default=None)
+
+
+
+class Rows:
+    """The single writer of the tables. Synchronous: each store is one transaction, plus one that
+    flags the CSV lines it appended."""
+
+    def __init__(self, layout: Layout, engine: Engine) -> None:
+        self.layout = layout
+        self.engine = engine
+        self.csv_log = CsvLog(layout, engine)
+
+    def store_requested(self, event: ExperimentRequested) -> None:
+        spec = event.spec
+        with Session(self.engine) as session:
+            experiment = self._experiment(session, spec.experiment_id)
+            experiment.name = spec.name
+            experiment.k_max = spec.k_max
+            experiment.description_level = spec.description_level
+            experiment.replicates = spec.replicates
+            experiment.evaluate_truncated = spec.evaluate_truncated
+            experiment.snapshot_path = self.layout.relative(self.layout.experiment_dir(spec.experiment_id))
+            experiment.requested_at = _earliest(experiment.requested_at, as_utc(event.emitted_at))
+            session.add(experiment)
+            refresh_finished(session, experiment)
+            session.commit()
+
+    def store_planned(self, event: ExperimentPlanned) -> None:
+        planned_at = as_utc(event.emitted_at)
+        with Session(self.engine) as session:
+            experiment = self._experiment(session, event.experiment_id)
+            if experiment.planned_at is None or planned_at >= experiment.planned_at:
+                experiment.name = experiment.name or event.name
+                experiment.k_max = experiment.k_max or event.k_max
+                experiment.description_level = experiment.description_level or event.description_level
+                experiment.replicates = experiment.replicates or event.replicates
+                experiment.generation_tasks_planned = event.generation_tasks
+                experiment.evaluation_tasks_planned = event.evaluation_tasks
+                experiment.tasks_by_tier = event.tasks_by_tier
+                experiment.planned_at = planned_at
+                session.add(experiment)
+            self._add_combo_mappings(
+                session,
+                [
+                    ComboMapping(
+                        combo_id=combo.combo_id,
+                        concept_id=concept_id,
+                        description_level=event.description_level,
+                        k_max=event.k_max,
+                        version=COMBO_ID_VERSION,
+                        created_at=planned_at,
+                    )
+                    for combo in event.combos
+                    for concept_id in combo.concept_ids
+                ],
+            )
+            refresh_finished(session, experiment)
+            session.commit()
+
+    def store_combo_mappings(self, mappings: list[ComboMapping]) -> None:
+        with Session(self.engine) as session:
+            self._add_combo_mappings(session, mappings)
+            session.commit()
+
+    def store_generation(self, task: TaskCreated, call: CallRecord, files: ResultFiles) -> None:
+        with Session(self.engine) as session:
+            row = self._result_row(session, GenerationResult, task.experiment_id, task.task_id)
+            named: list[EvaluationResult] = []
+            if row is None or as_utc(call.finished_at) > row.finished_at:
+                before = complete_line("generation", row)
+                values = dict(
+                    experiment_id=task.experiment_id,
+                    task_id=task.task_id,
+                    combo_id=task.combo_id,
+                    generation_template_id=task.generation_template_id,
+                    generation_model_id=task.generation_model_id,
+                    generation_model=task.model.model,
+                    tier=task.tier.tier,
+                    replicate=task.replicate,
+                    status="done",
+                    **_call_values(call, files),
+                )
+                row = _assign(row or GenerationResult(**values), values)
+                revise("generation", row, before)
+                session.add(row)
+                self._store_call(session, task, call)
+                named = self._name_generation_model(session, row)
+            experiment = self._after_success(session, task.experiment_id, task.task_id, as_utc(call.started_at))
+            refresh_finished(session, experiment)
+            generation_lines = owed_csv_lines("generation", [row])
+            evaluation_lines = owed_csv_lines("evaluation", named)
+            session.commit()
+        self.csv_log.append("generation", generation_lines)
+        self.csv_log.append("evaluation", evaluation_lines)
+
+    def store_evaluation(self, task: TaskCreated, call: CallRecord, files: ResultFiles) -> None:
+        with Session(self.engine) as session:
+            row = self._evaluation_row(session, task)
+            if row.finished_at is None or as_utc(call.finished_at) > row.finished_at:
+                before = complete_line("evaluation", row)
+                _assign(row, {"has_response": True, **_call_values(call, files)})
+                row.status = _evaluation_status(row)
+                revise("evaluation", row, before)
+                session.add(row)
+                self._store_call(session, task, call)
+            experiment = self._after_success(session, task.experiment_id, task.task_id, as_utc(call.started_at))
+            refresh_finished(session, experiment)
+            lines = owed_csv_lines("evaluation", [row])
+            session.commit()
+        self.csv_log.append("evaluation", lines)
+
+    def store_score(self, event: EvaluationScored, score_path: str) -> None:
+        task = event.task
+        scored_at = as_utc(event.emitted_at)
+        with Session(self.engine) as session:
+            row = self._evaluation_row(session, task)
+            if row.scored_at is None or scored_at > row.scored_at:
+                before = complete_line("evaluation", row)
+                _assign(
+                    row,
+                    dict(
+                        has_score=True,
+                        score=event.score,
+                        parse_error=event.parse_error,
+                        parser=event.parser,
+                        candidates=list(event.candidates),
+                        score_path=score_path,
+                        scored_at=scored_at,
+                    ),
+                )
+                row.status = _evaluation_status(row)
+                revise("evaluation", row, before)
+                session.add(row)
+            experiment = self._after_success(session, task.experiment_id, task.task_id, None)
+            refresh_finished(session, experiment)
+            lines = owed_csv_lines("evaluation", [row])
+            session.commit()
+        self.csv_log.append("evaluation", lines)
+
+    def store_failure(self, event: TaskFailed, failure_path: str) -> None:
+        failed_at = as_utc(event.emitted_at)
+        with Session(self.engine) as session:
+            experiment = self._experiment(session, event.experiment_id)
+            row = session.exec(
+                select(Failure).where(Failure.experiment_id == event.experiment_id, Failure.task_id == event.task_id)
+            ).first()
+            if row is None or failed_at > row.failed_at:
+                values = dict(
+                    experiment_id=event.experiment_id,
+                    task_id=event.task_id,
+                    stage=event.stage,
+                    reason=event.reason,
+                    message=event.message,
+                    attempts=event.attempts,
+                    tier=event.tier,
+                    model_id=event.model_id,
+                    task=event.task.model_dump(mode="json") if event.task else None,
+                    failed_at=failed_at,
+                    failure_path=failure_path,
+                )
+                row = _assign(row or Failure(**values), values)
+            row.resolved = self._succeeded(session, event.experiment_id, event.task_id)
+            session.add(row)
+            refresh_finished(session, experiment)
+            session.commit()
+
+    def _experiment(self, session: Session, experiment_id: str) -> Experiment:
+        experiment = session.get(Experiment, experiment_id)
+        if experiment is None:
+            experiment = Experiment(experiment_id=experiment_id)
+            session.add(experiment)
+            session.flush()
+        return experiment
+
+    @staticmethod
+    def _result_row(session: Session, table, experiment_id: str, task_id: str):
+        return session.exec(_row_by_task(table), params={"experiment_id": experiment_id, "task_id": task_id}).first()
+
+    def _evaluation_row(self, session: Session, task: TaskCreated) -> EvaluationResult:
+        row = self._result_row(session, EvaluationResult, task.experiment_id, task.task_id)
+        if row is not None:
+            return row
+        return EvaluationResult(
+            experiment_id=task.experiment_id,
+            task_id=task.task_id,
+            generation_task_id=task.generation_task_id,
+            combo_id=task.combo_id,
+            generation_template_id=task.generation_template_id,
+            generation_model_id=task.generation_model_id,
+            generation_model=session.exec(
+                select(GenerationResult.generation_model).where(
+                    GenerationResult.experiment_id == task.experiment_id,
+                    GenerationResult.task_id == task.generation_task_id,
+                )
+            ).first(),
+            evaluation_template_id=task.evaluation_template_id or "",
+            evaluation_model_id=task.evaluation_model_id or task.model.id,
+            evaluation_model=task.model.model,
+            tier=task.tier.tier,
+            replicate=task.replicate,
+            max_score=task.max_score,
+            generation_truncated=task.generation_truncated,
+            status="pending",
+        )
+
+    @staticmethod
+    def _name_generation_model(session: Session, generation: GenerationResult) -> list[EvaluationResult]:
+        """Evaluations recorded before their generation learn its model's name; returns them, as
+        some may now be complete and owed their first CSV line."""
+        waiting = session.exec(
+            select(EvaluationResult).where(
+                EvaluationResult.experiment_id == generation.experiment_id,
+                EvaluationResult.generation_task_id == generation.task_id,
+                EvaluationResult.generation_model.is_(None),
+            )
+        ).all()
+        for evaluation in waiting:
+            evaluation.generation_model = generation.generation_model
+            revise("evaluation", evaluation, None)
+            session.add(evaluation)
+        return list(waiting)
+
+    def verdict_recorded(self, event: EvaluationScored) -> bool:
+        with Session(self.engine) as session:
+            row = self._result_row(session, EvaluationResult, event.task.experiment_id, event.task.task_id)
+        return row is not None and row.has_score and _verdict(row) == _verdict(event)
+
+    def _store_call(self, session: Session, task: TaskCreated, call: CallRecord) -> None:
+        values = dict(
+            experiment_id=task.experiment_id,
+            task_id=task.task_id,
+            stage=task.stage,
+            model_id=task.model.id,
+            model=task.model.model,
+            tier=task.tier.tier,
+            **call.model_dump(exclude={"text", "started_at", "finished_at"}),
+            started_at=as_utc(call.started_at),
+            finished_at=as_utc(call.finished_at),
+        )
+        row = self._result_row(session, LlmCall, task.experiment_id, task.task_id)
+        session.add(_assign(row or LlmCall(**values), values))
+
+    def _after_success(
+        self, session: Session, experiment_id: str, task_id: str, started_at: datetime | None
+    ) -> Experiment:
+        """Ensures the experiment row (results may arrive before the request) and returns it."""
+        experiment = self._experiment(session, experiment_id)
+        experiment.started_at = _earliest(experiment.started_at, started_at)
+        session.add(experiment)
+        failure = self._result_row(session, Failure, experiment_id, task_id)
+        if failure is not None and not failure.resolved:
+            failure.resolved = True
+            session.add(failure)
+        return experiment
+
+    def _succeeded(self, session: Session, experiment_id: str, task_id: str) -> bool:
+        if self._result_row(session, GenerationResult, experiment_id, task_id) is not None:
+            return True
+        evaluation = self._result_row(session, EvaluationResult, experiment_id, task_id)
+        return evaluation is not None and (evaluation.has_response or evaluation.has_score)
+
+    @staticmethod
+    def _add_combo_mappings(session: Session, mappings: list[ComboMapping]) -> None:
+        combo_ids = {mapping.combo_id for mapping in mappings}
+        known = set(
+            session.exec(
+                select(ComboMapping.combo_id, ComboMapping.concept_id).where(ComboMapping.combo_id.in_(combo_ids))
+            ).all()
+        )
+        for mapping in mappings:
+            if (mapping.combo_id, mapping.concept_id) not in known:
+                known.add((mapping.combo_id, mapping.concept_id))
+                session.add(mapping)
+
+
+@cache
+def _row_by_task(table):
+    """Built once per table: building and coercing the statement anew for each of the several
+    lookups an event makes cost more than running it."""
+    return select(table).where(table.experiment_id == bindparam("experiment_id"), table.task_id == bindparam("task_id"))
+
+
+def _call_values(call: CallRecord, files: ResultFiles) -> dict[str, Any]:
+    return dict(
+        started_at=as_utc(call.started_at),
+        finished_at=as_utc(call.finished_at),
+        prompt_path=files.prompt_path,
+        response_path=files.response_path,
+        call_path=files.call_path,
+        prompt_chars=files.prompt_chars,
+        response_chars=len(call.text),
+        **call.model_dump(include=set(CALL_USAGE_COLUMNS)),
+    )
+
+
+def _assign(row: SQLModel, values: dict[str, Any]) -> SQLModel:
+    for name, value in values.items():
+        setattr(row, name, value)
+    return row
+
+
+def _verdict(scored: EvaluationResult | EvaluationScored) -> tuple:
+    return scored.score, scored.parse_error, scored.parser, tuple(scored.candidates or ())
+
+
+def _evaluation_status(row: EvaluationResult) -> str:
+    if not row.has_score:
+        return "awaiting_score"
+    if not row.has_response:
+        return "awaiting_response"
+    return "scored" if row.score is not None else "parse_error"
+
+

@@ -1,0 +1,97 @@
+"""The read side: what the CLI, dashboards and `rerun` ask of the tables. Queries select plain
+columns, never whole ORM rows, so they stay fast on large experiments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NamedTuple
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from services.tracker import progress as progress_counts
+from services.tracker.artifacts import Layout
+from services.tracker.progress import Progress
+from services.tracker.tables import EvaluationResult, Experiment, Failure, GenerationResult
+from shared.events import TaskCreated
+
+
+class RecordedGeneration(NamedTuple):
+    """A generation's text, read back from its response file, and whether it was cut short."""
+
+    text: str
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class RecordedResults:
+    """What `daydream rerun` needs to know of an experiment's results: each recorded generation
+    (its text renders its evaluations' prompts) and the evaluations that reported."""
+
+    generations: dict[str, RecordedGeneration]
+    evaluations: set[str]
+
+
+class Views:
+    """Read-only queries over one data directory's tables; constructing one writes nothing."""
+
+    def __init__(self, data_dir: Path, engine: Engine) -> None:
+        self.layout = Layout(data_dir)
+        self.engine = engine
+
+    def experiment_ids(self) -> list[str]:
+        """Oldest request first; experiments known only from their results sort last."""
+        with Session(self.engine) as session:
+            experiments = session.exec(select(Experiment.experiment_id, Experiment.requested_at)).all()
+        ordered = sorted(
+            experiments,
+            key=lambda e: (
+                e.requested_at is None,
+                e.requested_at or datetime.min.replace(tzinfo=timezone.utc),
+                e.experiment_id,
+            ),
+        )
+        return [experiment.experiment_id for experiment in ordered]
+
+    def finished_at_by_experiment(self) -> dict[str, datetime | None]:
+        """Every experiment's `finished_at`, one narrow query: lets a poller tell which
+        experiments' progress can have changed without computing any progress."""
+        with Session(self.engine) as session:
+            return dict(session.exec(select(Experiment.experiment_id, Experiment.finished_at)).all())
+
+    def failed_tasks(self, experiment_id: str) -> list[TaskCreated]:
+        """What `rerun --failed` republishes: unresolved failures that carried their task."""
+        with Session(self.engine) as session:
+            tasks = session.exec(
+                select(Failure.task)
+                .where(Failure.experiment_id == experiment_id, Failure.resolved == False)  # noqa: E712
+                .order_by(Failure.task_id)
+            ).all()
+        return [TaskCreated.model_validate(task) for task in tasks if task is not None]
+
+    def recorded_results(self, experiment_id: str) -> RecordedResults:
+        with Session(self.engine) as session:
+            generations = session.exec(
+                select(GenerationResult.task_id, GenerationResult.response_path, GenerationResult.truncated).where(
+                    GenerationResult.experiment_id == experiment_id
+                )
+            ).all()
+            evaluations = session.exec(
+                select(EvaluationResult.task_id).where(EvaluationResult.experiment_id == experiment_id,
+                                                       EvaluationResult.has_response == True)  # noqa: E712
+            ).all()
+        return RecordedResults(
+            generations={
+                task_id: RecordedGeneration(
+                    text=self.layout.absolute(response_path).read_text(encoding="utf-8"), truncated=truncated
+                )
+                for task_id, response_path, truncated in generations
+            },
+            evaluations=set(evaluations),
+        )
+
+    def progress(self, experiment_id: str) -> Progress:
+        with Session(self.engine) as session:
+            return progress_counts.progress(session, experiment_id)
