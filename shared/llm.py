@@ -97,19 +97,34 @@ def chat_messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
+SIMULATED_ENDPOINT = "simulated"
+"""The identity of the built-in fake LLM, whatever port it listens on this time."""
+
+
+def endpoint_identity(base_url: str, simulated: bool = False) -> str:
+    """What answers an experiment's calls, without the key: the fake LLM as one endpoint on any
+    port, a real one as its base URL with scheme and host lower-cased and no trailing '/'.
+    An experiment records it, every task carries it, and it is part of the request hash."""
+    if simulated:
+        return SIMULATED_ENDPOINT
+    scheme, sep, rest = base_url.strip().rstrip("/").partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}{sep}{host.lower()}{slash}{path}"
+
+
 def request_hash(
-    base_url: str,
+    endpoint: str,
     model: str,
     messages: list[dict],
     parameters: CallParameters,
     replicate: int,
 ) -> str:
-    """The response-store key: same endpoint, model, messages, parameters and replicate means
-    the same paid answer. Unset parameters are left out so adding a parameter field later does
+    """The response-store key: same endpoint (its `endpoint_identity`), model, messages, parameters
+    and replicate means the same paid answer. Unset parameters are left out so adding a parameter field later does
     not change the hash of old requests."""
     canonical = json.dumps(
         {
-            "base_url": base_url.rstrip("/"),
+            "base_url": endpoint_identity(endpoint),
             "model": model,
             "messages": messages,
             "parameters": parameters.model_dump(exclude_none=True),

@@ -23,6 +23,7 @@ from shared.llm import (
     LLMError,
     chat_messages,
     classify_response,
+    endpoint_identity,
     error_kind_for_status,
     request_hash,
 )
@@ -109,7 +110,7 @@ async def failure(llm: LLMClient) -> LLMError:
 
 def hash_of(**changes) -> str:
     arguments = {
-        "base_url": "https://openrouter.ai/api/v1",
+        "endpoint": "https://openrouter.ai/api/v1",
         "model": "acme/writer-1",
         "messages": chat_messages("Write."),
         "parameters": CallParameters(temperature=0.7, max_tokens=100),
@@ -121,13 +122,25 @@ def hash_of(**changes) -> str:
 def test_request_hash_is_a_stable_sha256_of_the_request():
     assert hash_of() == hash_of()
     assert len(hash_of()) == 64 and int(hash_of(), 16) >= 0
-    assert hash_of(base_url="https://openrouter.ai/api/v1/") == hash_of()
+    assert hash_of(endpoint="https://openrouter.ai/api/v1/") == hash_of()
+    assert hash_of(endpoint="HTTPS://OpenRouter.ai/api/v1") == hash_of()
+
+
+def test_the_fake_llm_is_one_endpoint_whatever_its_port():
+    on_one_port = hash_of(endpoint=endpoint_identity("http://127.0.0.1:18001/v1", simulated=True))
+    assert on_one_port == hash_of(endpoint=endpoint_identity("http://127.0.0.1:23456/v1", simulated=True))
+    assert on_one_port != hash_of(endpoint="http://127.0.0.1:18001/v1")
+
+
+def test_a_real_endpoint_keeps_the_hash_its_stored_responses_were_stored_under():
+    """Responses stored before the endpoint identity existed are still found."""
+    assert hash_of() == "ed8cc4deb0124c37d31b33d11a67a8ec129a603cb488dc292613a566e817637c"
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        {"base_url": "http://127.0.0.1:8999/v1"},
+        {"endpoint": "http://127.0.0.1:8999/v1"},
         {"model": "acme/writer-2"},
         {"messages": chat_messages("Write more.")},
         {"parameters": CallParameters(temperature=0.8, max_tokens=100)},
