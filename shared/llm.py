@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from shared.events import CallParameters, CallRecord, ModelSpec, utcnow
 
 APP_TITLE = "DayDream"
-"""Sent as `X-Title`: OpenRouter shows usage under this app name."""
+"""Sent to OpenRouter as `X-Title`: it shows usage under this app name."""
 REPLICATE_HEADER = "X-DayDream-Replicate"
 """Which replicate a call is for. Providers ignore it; the fake LLM mixes it into its request
 identity, so unseeded replicates of one prompt get different simulated text and count as
@@ -135,6 +135,22 @@ def request_hash(
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def is_openrouter(base_url: str) -> bool:
+    """OpenRouter's own fields and headers go to OpenRouter only: a strict OpenAI-compatible
+    server may answer 400 to a field it does not know, and a 400 is never retried."""
+    host = httpx.URL(base_url).host
+    return host == "openrouter.ai" or host.endswith(".openrouter.ai")
+
+
+def request_body(model: str, prompt: str, parameters: CallParameters, openrouter: bool) -> dict[str, Any]:
+    """The `/chat/completions` body: OpenAI's documented fields, plus OpenRouter's usage
+    accounting when the endpoint is OpenRouter."""
+    body: dict[str, Any] = {"model": model, "messages": chat_messages(prompt)}
+    if openrouter:
+        body["usage"] = {"include": True}
+    return body | parameters.model_dump(exclude_none=True)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -269,7 +285,8 @@ class LLMClient:
         # here) and says nothing the request metrics do not.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self._api_key = api_key if isinstance(api_key, SecretStr) or api_key is None else SecretStr(api_key)
-        headers = {"X-Title": APP_TITLE}
+        self.openrouter = is_openrouter(self.base_url)
+        headers = {"X-Title": APP_TITLE} if self.openrouter else {}
         if self._secret():
             headers["Authorization"] = f"Bearer {self._secret()}"
         self._http = httpx.AsyncClient(
@@ -304,12 +321,7 @@ class LLMClient:
         request_hash: str,
         replicate: int = 1,
     ) -> CallRecord:
-        body: dict[str, Any] = {
-            "model": model.model,
-            "messages": chat_messages(prompt),
-            "usage": {"include": True},
-            **parameters.model_dump(exclude_none=True),
-        }
+        body = request_body(model.model, prompt, parameters, self.openrouter)
         started_at = utcnow()
         clock = time.perf_counter()
         try:

@@ -24,7 +24,9 @@ from shared.llm import (
     chat_messages,
     classify_response,
     endpoint_identity,
+    is_openrouter,
     error_kind_for_status,
+    request_body,
     request_hash,
 )
 
@@ -159,18 +161,28 @@ def test_chat_messages_is_one_user_message():
 # ---- what is sent ------------------------------------------------------------------------
 
 
-async def test_sends_set_parameters_attribution_and_the_bearer_key(client, script):
-    await call(client, CallParameters(temperature=0.3, max_tokens=50))
+async def test_sends_only_openai_fields_and_the_bearer_key_to_an_endpoint_that_is_not_openrouter(client, script):
+    """A strict OpenAI-compatible server answers 400 to a field it does not know: none is sent."""
+    await call(client, CallParameters(temperature=0.3, max_tokens=50, seed=7))
     sent = script.received[-1]
     assert sent["body"] == {
         "model": "acme/writer-1",
         "messages": [{"role": "user", "content": "Write."}],
-        "usage": {"include": True},
         "temperature": 0.3,
         "max_tokens": 50,
+        "seed": 7,
     }
     assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
-    assert sent["headers"]["X-Title"] == "DayDream"
+    assert "X-Title" not in sent["headers"] and "x-title" not in {h.lower() for h in sent["headers"]}
+
+
+def test_openrouter_gets_its_usage_accounting_and_only_openrouter_does():
+    assert is_openrouter("https://openrouter.ai/api/v1") and is_openrouter("https://eu.openrouter.ai/api/v1")
+    assert not is_openrouter("http://127.0.0.1:8000/v1") and not is_openrouter("https://openrouter.ai.evil.example/v1")
+    body = request_body("acme/writer-1", "Write.", CallParameters(max_tokens=5), openrouter=True)
+    assert body == {"model": "acme/writer-1", "messages": [{"role": "user", "content": "Write."}],
+                    "usage": {"include": True}, "max_tokens": 5}
+    assert "usage" not in request_body("acme/writer-1", "Write.", CallParameters(), openrouter=False)
 
 
 async def test_each_call_says_which_replicate_it_is_for(client, script):
