@@ -199,6 +199,7 @@ def on_a_stack(
     `lock` and stopped after; follow the experiment live, print its results and exit with their
     verdict. Ctrl-C (once or twice), SIGTERM and SIGHUP all stop what was started, in order."""
     stack = None if running else new_stack(data, settings, lock)
+    stopped: tuple[int, str] | None = None
     with first_signal_interrupts() as interrupts:
         try:
             if running:
@@ -212,17 +213,14 @@ def on_a_stack(
             asyncio.run(publish(settings.model_copy(update={"nats_url": nats_url})))
             progress = follow(tracker, experiment_id, stack, nats_url if wait_for_idle else None)
         except KeyboardInterrupt:
-            stop_private(stack, data, lock)
-            say(f"\n[yellow]interrupted ({interrupts.name()}).[/] Resume with: {resume_command}")
-            raise typer.Exit(130) from None
+            stopped = 130, f"\n[yellow]interrupted ({interrupts.name()}).[/] Resume with: {resume_command}"
         except StackFailed as failure:
+            stopped = 1, f"[red]{failure}[/]. Nothing finished is lost; resume with: {resume_command}"
+        finally:
             stop_private(stack, data, lock)
-            say(f"[red]{failure}[/]. Nothing finished is lost; resume with: {resume_command}")
-            raise typer.Exit(1) from None
-        except BaseException:
-            stop_private(stack, data, lock)
-            raise
-        stop_private(stack, data, lock)
+    if stopped:
+        say(stopped[1])
+        raise typer.Exit(stopped[0])
     raise typer.Exit(report(tracker, engine, data, progress))
 
 
