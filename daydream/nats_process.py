@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 _handed_out: set[int] = set()
 
 
@@ -44,6 +43,16 @@ def free_port() -> int:
     with socket.socket() as sock:  # the ephemeral range covers everything: take what the kernel gives
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on this loopback port now (so a restarted stack can keep its NATS URL)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def nats_server_binary() -> str:
@@ -88,13 +97,15 @@ class NatsServer:
     monitor_port: int = 0
     config_file: Path | None = None
     log_file: Path | None = None
+    pass_fds: tuple[int, ...] = ()
+    """Descriptors the server inherits: the stack's lock, held for as long as it runs."""
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 10.0) -> "NatsServer":
+    def start(self, timeout_s: float = 10.0) -> NatsServer:
         self.port = self.port or free_port()
         self.monitor_port = self.monitor_port or free_port()
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +116,8 @@ class NatsServer:
         if self.config_file:
             command += ["-c", str(self.config_file)]
         log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True,
+                                        pass_fds=self.pass_fds)
         _wait_for_port(self.port, self.process, timeout_s)
         return self
 
@@ -118,7 +130,7 @@ class NatsServer:
     def stop(self) -> None:
         stop_process(self.process)
 
-    def __enter__(self) -> "NatsServer":
+    def __enter__(self) -> NatsServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

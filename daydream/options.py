@@ -4,8 +4,49 @@ from pathlib import Path
 
 import typer
 
+from shared.ids import SAFE_ID_RULE, is_safe_id
+from shared.settings import Settings
+
+
+def _has_inputs(data: Path) -> Path:
+    """Refuse a directory that is not a DayDream data dir before anything is read or created in it
+    (e.g. `check` from inside data/ would otherwise make data/data/daydream.db)."""
+    raw = data / "1_raw"
+    if not raw.is_dir():
+        raise typer.BadParameter(f"{raw.resolve()} does not exist: pass --data DIR, the directory that holds 1_raw/")
+    return data
+
+
+def _has_records(data: Path) -> Path:
+    """Commands that read what was recorded need the database: refuse a directory that has neither
+    inputs nor a database, rather than create an empty database in the wrong place."""
+    if not (data / "1_raw").is_dir() and not (data / "daydream.db").is_file() and not Settings(data=data).database_url:
+        raise typer.BadParameter(f"{data.resolve()} holds neither 1_raw/ nor daydream.db: pass --data DIR, "
+                                 "the DayDream data directory")
+    return data
+
+
+def safe_id(value: str | None) -> str | None:
+    """An id as `plan` accepts it: it becomes a file name and a NATS subject token."""
+    if value is not None and not is_safe_id(value):
+        raise typer.BadParameter(f"{value!r} is not a valid id: {SAFE_ID_RULE}")
+    return value
+
+
+def safe_ids(values: list[str]) -> list[str]:
+    for value in values:
+        safe_id(value)
+    return values
+
+
 DATA = typer.Option(Path("data"), "--data", envvar="DAYDREAM_DATA", help="Data directory (inputs in DIR/1_raw).")
-EXPERIMENT_ID = typer.Option(None, "--experiment-id", help="Reuse an id to resume; default: name + time.")
+RECORDED_DATA = typer.Option(Path("data"), "--data", envvar="DAYDREAM_DATA", callback=_has_records,
+                             help="Data directory (with DIR/1_raw or DIR/daydream.db).")
+DATA_DIR = typer.Option(Path("data"), "--data", envvar="DAYDREAM_DATA", callback=_has_inputs,
+                        help="Data directory (inputs in DIR/1_raw, which must exist).")
+EXPERIMENT_ID = typer.Option(None, "--experiment-id", callback=safe_id,
+                             help="Reuse an id to resume; default: name + time.")
+EXPERIMENT_ARGUMENT = typer.Argument(None, callback=safe_id, help="Experiment id (default: the latest).")
 K_MAX = typer.Option(None, "--k-max", help="Concepts per combination (overrides experiment.toml).")
 LEVEL = typer.Option(None, "--level", help="Description level: sentence, paragraph or article.")
 REPLICATES = typer.Option(None, "--replicates", help="Generations per combo, template and model.")

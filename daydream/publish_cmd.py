@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import datetime, timezone
+import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
@@ -13,7 +14,7 @@ from rich.console import Console
 
 from daydream import options
 from daydream.plan_cmd import load_or_exit, write_plan
-from daydream.stack import usable_stack
+from daydream.stack import StackState, usable_stack
 from shared.events import (
     EXPERIMENT_REQUESTED,
     ExperimentRequested,
@@ -22,6 +23,7 @@ from shared.events import (
 )
 from shared.ids import is_safe_id
 from shared.inputs import SPEC_FILE
+from shared.llm import SIMULATED_ENDPOINT, endpoint_identity
 from shared.settings import Settings
 from shared.topology import ensure_topology
 
@@ -29,23 +31,46 @@ console = Console()
 
 
 def new_experiment_id(name: str) -> str:
-    """A safe id by construction: every character outside the safe-id rule becomes '-'."""
+    """A safe id by construction: every character outside the safe-id rule becomes '-'. The time
+    is readable; the random suffix keeps two publishes in the same second apart."""
     slug = "".join(c if is_safe_id(c) else "-" for c in name.lower()).strip("-") or "experiment"
-    return f"{slug}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    return f"{slug}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 def prepare_experiment(
     data: Path, experiment_id: str | None, k_max: int | None, level: str | None,
-    replicates: int | None, fresh: bool, evaluate_truncated: bool = True,
+    replicates: int | None, fresh: bool, evaluate_truncated: bool = True, endpoint: str | None = None,
 ) -> ExperimentSpec:
-    """Validate and snapshot; exits with every input problem listed before anything is written."""
+    """Validate and snapshot, bound to `endpoint` (the `endpoint_identity` that will answer it);
+    exits with every input problem listed, or when an existing snapshot of this id is bound to
+    another endpoint, before anything is written."""
     draft = load_or_exit(data / "1_raw", experiment_id=experiment_id or "draft", k_max=k_max, level=level,
                          replicates=replicates, fresh=fresh, evaluate_truncated=evaluate_truncated)
-    if experiment_id is None:
-        named = draft.spec.model_copy(update={"experiment_id": new_experiment_id(draft.spec.name)})
-        draft = dataclasses.replace(draft, spec=named)
+    spec_id = experiment_id or new_experiment_id(draft.spec.name)
+    earlier = snapshot_spec(data, spec_id)
+    if earlier is not None:
+        bound_endpoint(data, earlier.endpoint, endpoint, spec_id)
+        endpoint = earlier.endpoint  # a snapshot from before endpoints were recorded stays unbound
+    draft = dataclasses.replace(draft, spec=draft.spec.model_copy(update={"experiment_id": spec_id,
+                                                                          "endpoint": endpoint}))
     write_plan(data, draft, experiment_dir=data / "experiments" / draft.spec.experiment_id)
     return draft.spec
+
+
+def bound_endpoint(data: Path, spec_endpoint: str | None, serving: str | None, experiment_id: str) -> None:
+    """Exit unless the experiment's recorded endpoint is the one that would answer it now: a
+    simulated answer must never land in an experiment started against a real endpoint, nor the reverse."""
+    if spec_endpoint is None or serving is None or spec_endpoint == serving:
+        return
+    if spec_endpoint == SIMULATED_ENDPOINT:
+        fix = "unset OPENROUTER_API_KEY and DAYDREAM_LLM_BASE_URL (in the environment and .env)"
+    else:
+        fix = f"set DAYDREAM_LLM_BASE_URL={spec_endpoint} and its API key (OPENROUTER_API_KEY for OpenRouter)"
+    console.print(f"[red]experiment {experiment_id} was started against endpoint {spec_endpoint}, "
+                  f"and this would answer it with {serving}.[/] To resume it, {fix}"
+                  + (f" and `daydream down --data {data}` the running stack" if StackState.load(data) else "")
+                  + "; or start a new experiment (another --experiment-id).")
+    raise typer.Exit(2)
 
 
 def snapshot_spec(data: Path, experiment_id: str) -> ExperimentSpec | None:
@@ -67,7 +92,7 @@ async def publish_experiment(settings: Settings, spec: ExperimentSpec) -> None:
 
 
 def publish(
-    data: Path = options.DATA,
+    data: Path = options.DATA_DIR,
     experiment_id: str | None = options.EXPERIMENT_ID,
     k_max: int | None = options.K_MAX,
     level: str | None = options.LEVEL,
@@ -76,23 +101,29 @@ def publish(
 ) -> None:
     """Validate, snapshot and publish an experiment to the stack at NATS_URL (default: the stack
     `daydream up` runs for this data dir)."""
-    settings = destination(data)
-    spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated)
+    settings, serving = destination(data)
+    spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated,
+                              endpoint=serving)
     asyncio.run(publish_experiment(settings, spec))
     console.print(f"published experiment [bold]{spec.experiment_id}[/] to {_without_credentials(settings.nats_url)}")
     console.print(f"follow it with: daydream status {spec.experiment_id} --data {data}")
     typer.echo(spec.experiment_id)
 
 
-def destination(data: Path) -> Settings:
-    """Settings whose NATS URL is the one the user named, else that of this data dir's `up` stack."""
+def destination(data: Path) -> tuple[Settings, str | None]:
+    """Settings whose NATS URL is the one the user named, else that of this data dir's live `up`
+    stack — never a default URL — and the endpoint that stack serves (for a deployment the user
+    named, the one DAYDREAM_LLM_BASE_URL names). Exits saying the fix when there is no such stack."""
     settings = Settings(data=data)
     if "nats_url" in settings.model_fields_set:
-        return settings
-    running, lost = usable_stack(data)
-    if lost:
-        console.print(f"[yellow]{lost}[/]")
-    return settings.model_copy(update={"nats_url": running.nats_url}) if running else settings
+        return settings, endpoint_identity(settings.llm_base_url, settings.llm_simulated)
+    running, problem = usable_stack(data)
+    if running is None:
+        console.print(f"[red]{problem or f'no running stack for {data}'}[/]" + (
+            "" if problem else f": start one with `daydream up --data {data}` (or name one with NATS_URL), "
+                               "or use `daydream run`"))
+        raise typer.Exit(1)
+    return settings.model_copy(update={"nats_url": running.nats_url}), running.endpoint
 
 
 def _without_credentials(url: str) -> str:

@@ -13,11 +13,12 @@ import typer
 from rich.console import Console
 
 from daydream import options
-from daydream.publish_cmd import snapshot_spec
-from daydream.run_cmd import on_a_stack
+from daydream.publish_cmd import bound_endpoint, snapshot_spec
+from daydream.run_cmd import configured_endpoint, on_a_stack, stack_or_lock
 from services.tracker.db import init_db, make_engine
 from services.tracker.views import RecordedResults, Views
 from shared.events import ExperimentSpec, TaskCreated, message_id, task_subject
+from shared.llm import endpoint_identity
 from shared.prompts import TemplateProblem
 from shared.settings import Settings
 from shared.tasks import evaluation_tasks, generation_tasks
@@ -45,8 +46,9 @@ def rerunnable_tasks(
 
 
 def unfinished_tasks(tasks: dict[str, TaskCreated], failed: list[TaskCreated], recorded: RecordedResults) -> list[TaskCreated]:
-    """What `--failed` republishes: failed tasks, and tasks that never reported at all (neither a
-    result nor a failure) — a generation lost with a broker's store, or an evaluation never fanned out."""
+    """What `--failed` republishes: failed tasks, and tasks not finished — a generation lost with a
+    broker's store, an evaluation never fanned out, or one answered but never scored (its stored
+    response is reused, so the rerun re-parses it without a new call)."""
     failed_ids = {task.task_id for task in failed}
     done = set(recorded.generations) | recorded.evaluations
     return [task for task_id, task in tasks.items() if task_id in failed_ids or task_id not in done]
@@ -66,10 +68,11 @@ async def republish_tasks(settings: Settings, tasks: list[TaskCreated]) -> None:
 
 
 def rerun(
-    experiment_id: str = typer.Argument(...),
+    experiment_id: str = typer.Argument(..., callback=options.safe_id),
     failed: bool = typer.Option(False, "--failed", help="Republish every task that failed or never reported."),
-    task: list[str] = typer.Option([], "--task", help="Republish one task, generation or evaluation (repeatable)."),
-    data: Path = options.DATA,
+    task: list[str] = typer.Option([], "--task", callback=options.safe_ids,
+                                   help="Republish one task, generation or evaluation (repeatable)."),
+    data: Path = options.DATA_DIR,
 ) -> None:
     """Republish what failed or never reported (or chosen tasks) and follow it to the end — on the
     stack at NATS_URL when set (then follow with `daydream status`), else on this data dir's
@@ -105,8 +108,14 @@ def rerun(
                       + ", ".join(t.task_id for t in chosen[:10]) + (" …" if len(chosen) > 10 else ""))
 
     if "nats_url" in settings.model_fields_set:  # a deployment the user named: publish there only
+        bound_endpoint(data, spec and spec.endpoint, endpoint_identity(settings.llm_base_url, settings.llm_simulated),
+                       experiment_id)
         asyncio.run(publish(settings))
         console.print(f"follow it with: daydream status {experiment_id} --data {data}")
         return
+    running, lock = stack_or_lock(data)
+    bound_endpoint(data, spec and spec.endpoint, running.endpoint if running else configured_endpoint(settings),
+                   experiment_id)
     on_a_stack(data, settings, experiment_id, spec.tiers if spec else None, publish,
-               resume_command=f"daydream rerun {experiment_id} --failed --data {data}", wait_for_idle=True)
+               resume_command=f"daydream rerun {experiment_id} --failed --data {data}", wait_for_idle=True,
+               running=running, lock=lock)

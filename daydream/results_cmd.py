@@ -10,13 +10,14 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from daydream import options
+from daydream.stack import stack_running, usable_stack
 from services.tracker.check import check as find_problems
 from services.tracker.db import OutdatedSchema, engine_for, init_db
-from services.tracker.progress import Progress
 from services.tracker.rebuild import RebuildError
 from services.tracker.rebuild import rebuild as rebuild_from_artifacts
-from services.tracker.summaries import latest_experiment_id, render_results_table, write_results
+from services.tracker.progress import Progress
 from services.tracker.views import Views
+from services.tracker.summaries import latest_experiment_id, render_results_table, write_results
 
 console = Console()
 
@@ -47,10 +48,10 @@ def _experiment_or_exit(data_dir: Path, engine: Engine, experiment_id: str | Non
 
 
 def results(
-    experiment_id: str | None = typer.Argument(None, help="Experiment id (default: the latest)."),
+    experiment_id: str | None = options.EXPERIMENT_ARGUMENT,
     all_: bool = typer.Option(False, "--all", help="Summarise every experiment together."),
     top: int = typer.Option(10, "--top", help="How many generations to show."),
-    data: Path = options.DATA,
+    data: Path = options.RECORDED_DATA,
 ) -> None:
     """Write parsed scores, summaries, the score pivot and evaluator agreement; show the best."""
     data_dir, engine = _open(data)
@@ -60,10 +61,13 @@ def results(
     console.print(render_results_table(engine, chosen, limit=top))
 
 
-def render_progress(progress: Progress) -> Table:
+def render_progress(progress: Progress, stack_live: bool = True) -> Table:
     """Planned, done, failed and skipped per stage and tier, with spend so far (and what reused
-    responses saved, which is not spend)."""
-    state = "[green]finished[/green]" if progress.finished else "[yellow]running[/yellow]"
+    responses saved, which is not spend). Unfinished with no live stack is interrupted, not running."""
+    if progress.finished:
+        state = "[green]finished[/green]"
+    else:
+        state = "[yellow]running[/yellow]" if stack_live else "[red]interrupted[/red]"
     table = Table(title=f"{progress.experiment_id}: {state}")
     for header in ("stage", "tier", "planned", "done", "failed", "skipped"):
         table.add_column(header, justify="left" if header in ("stage", "tier") else "right")
@@ -83,14 +87,22 @@ def render_progress(progress: Progress) -> Table:
 
 
 def status(
-    experiment_id: str | None = typer.Argument(None, help="Experiment id (default: the latest)."),
-    data: Path = options.DATA,
+    experiment_id: str | None = options.EXPERIMENT_ARGUMENT,
+    data: Path = options.RECORDED_DATA,
 ) -> None:
-    """Progress of an experiment: what was planned, what is done, what failed and why."""
+    """Progress of an experiment: what was planned, what is done, what failed and why — and,
+    unfinished, whether a live stack is working on it."""
     data_dir, engine = _open(data)
     chosen = _experiment_or_exit(data_dir, engine, experiment_id)
     progress = Views(data_dir, engine).progress(chosen)
-    console.print(render_progress(progress))
+    stack_live = stack_running(data)
+    _, problem = usable_stack(data)
+    console.print(render_progress(progress, stack_live))
+    if not progress.finished and problem and not stack_live:
+        console.print(f"[red]{problem}[/]")
+    elif not progress.finished and not stack_live:
+        console.print(f"no stack is running for {data}: resume with "
+                      f"`daydream run --experiment-id {chosen} --data {data}`")
     if progress.failures_by_reason:
         failures = Table(title="failures by reason")
         failures.add_column("reason")
@@ -115,7 +127,7 @@ def rebuild(data: Path = options.DATA) -> None:
     )
 
 
-def check(data: Path = options.DATA) -> None:
+def check(data: Path = options.RECORDED_DATA) -> None:
     """Find orphans, duplicates and missing files; exit 1 when anything needs fixing."""
     data_dir, engine = _open(data)
     problems = find_problems(data_dir, engine)

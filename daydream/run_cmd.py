@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from daydream import options
+from daydream.nats_process import port_free
 from daydream.publish_cmd import prepare_experiment, publish_experiment
-from daydream.stack import STATE_FILE, EmbeddedStack, StackState, consumers_idle, stop_detached, usable_stack
+from daydream.stack import (
+    STATE_FILE,
+    DataDirBusy,
+    EmbeddedStack,
+    StackLock,
+    StackState,
+    consumers_idle,
+    stop_detached,
+    usable_stack,
+)
 from services.tracker.db import init_db, make_engine
 from services.tracker.progress import PROGRESS_STAGES
 from services.tracker.progress import Progress as ExperimentProgress
-from services.tracker.summaries import render_results_table, write_results
 from services.tracker.views import Views
+from services.tracker.summaries import render_results_table, write_results
 from shared.events import TierSpec
+from shared.llm import endpoint_identity
 from shared.settings import OPENROUTER_BASE_URL, Settings
 
 console = Console()
@@ -34,19 +54,61 @@ def wants_fake_llm(settings: Settings) -> bool:
     return settings.llm_api_key is None and settings.llm_base_url == OPENROUTER_BASE_URL
 
 
-def start_stack(data: Path, settings: Settings, tiers: list[TierSpec] | None) -> EmbeddedStack:
+def configured_endpoint(settings: Settings) -> str:
+    """The `endpoint_identity` a stack started here would serve."""
+    return endpoint_identity(settings.llm_base_url, simulated=wants_fake_llm(settings))
+
+
+def start_stack(stack: EmbeddedStack, settings: Settings, tiers: list[TierSpec] | None, owner: str) -> None:
     """nats-server first, the topology shaped to the experiment's tiers (so workers size
-    themselves right), then the services."""
-    stack = EmbeddedStack(data, llm_base_url=None if wants_fake_llm(settings) else settings.llm_base_url,
-                          fake_llm_latency=settings.fake_llm_latency_s)
+    themselves right), then the services; DIR/stack.json names each process as soon as it runs,
+    so `down` finds them even if this process dies while starting them."""
     stack.start_nats()
+    stack.state(owner).save(stack.data)
     if wants_fake_llm(settings):
         stack.start_fake_llm()
         console.print(SIMULATED_NOTICE)
+        stack.state(owner).save(stack.data)
     if tiers:
         stack.declare_topology(settings, tiers)
-    stack.start_services()
-    return stack
+    try:
+        stack.start_services()
+    finally:
+        stack.state(owner).save(stack.data)
+
+
+def new_stack(data: Path, settings: Settings, lock: StackLock, nats_port: int = 0) -> EmbeddedStack:
+    return EmbeddedStack(data, llm_base_url=None if wants_fake_llm(settings) else settings.llm_base_url,
+                         fake_llm_latency=settings.fake_llm_latency_s, lock=lock, nats_port=nats_port)
+
+
+class Interrupts:
+    """The first of SIGINT, SIGTERM or SIGHUP interrupts `run` like Ctrl-C; the ones after it are
+    ignored, so stopping the stack is never cut short (under `uv run` one Ctrl-C arrives twice)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def handle(self, signum: int, _frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+            raise KeyboardInterrupt
+
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "SIGINT"
+
+
+@contextlib.contextmanager
+def first_signal_interrupts() -> Iterator[Interrupts]:
+    interrupts = Interrupts()
+    previous = {signum: signal.signal(signum, interrupts.handle) for signum in Interrupts.SIGNALS}
+    try:
+        yield interrupts
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class StackFailed(Exception):
@@ -106,11 +168,21 @@ def report(tracker: Views, engine, data: Path, progress: ExperimentProgress) -> 
     return 1
 
 
-def attached_stack(data: Path) -> StackState | None:
-    state, lost = usable_stack(data)
-    if lost:
-        console.print(f"[yellow]{lost}[/]; starting a private stack")
-    return state
+def stack_or_lock(data: Path) -> tuple[StackState | None, StackLock | None]:
+    """This data dir's live `up` stack to attach to, or its lock to start a private one; exits
+    naming whatever else holds the dir (one stack per data dir, one store per nats-server)."""
+    running, problem = usable_stack(data)
+    if running:
+        return running, None
+    if problem:
+        console.print(f"[red]{problem}[/]")
+        raise typer.Exit(1)
+    try:
+        return None, StackLock(data).acquire()
+    except DataDirBusy as busy:
+        console.print(f"[red]{busy}[/]: another `daydream run` or `up` is starting on {data}; "
+                      f"wait for it, or stop it with `daydream down --data {data}`")
+        raise typer.Exit(1) from None
 
 
 def on_a_stack(
@@ -121,38 +193,57 @@ def on_a_stack(
     publish: Callable[[Settings], Awaitable[None]],
     resume_command: str,
     wait_for_idle: bool = False,
+    running: StackState | None = None,
+    lock: StackLock | None = None,
 ) -> None:
-    """Publish on the `up` stack of this data dir, or on one started here and stopped after;
-    follow the experiment live, print its results and exit with their verdict."""
-    running = attached_stack(data)
-    stack = None
-    try:
-        if running:
-            console.print(f"using the stack started by `daydream up` at {running.nats_url}")
-            nats_url = running.nats_url
-        else:
-            stack = start_stack(data, settings, tiers)
-            nats_url = stack.nats_url
-        engine = make_engine(settings.sqlalchemy_url())
-        init_db(engine)
-        tracker = Views(data, engine)
-        asyncio.run(publish(settings.model_copy(update={"nats_url": nats_url})))
-        progress = follow(tracker, experiment_id, stack, nats_url if wait_for_idle else None)
-    except KeyboardInterrupt:
-        console.print(f"\n[yellow]interrupted.[/] Resume with: {resume_command}")
-        raise typer.Exit(130) from None
-    except StackFailed as failure:
-        console.print(f"[red]{failure}[/]. Nothing finished is lost; resume with: {resume_command}")
-        raise typer.Exit(1) from None
-    finally:
-        if stack:
-            with console.status("stopping the stack"):
-                stack.stop()
+    """Publish on the `up` stack of this data dir (`running`), or on one started here under
+    `lock` and stopped after; follow the experiment live, print its results and exit with their
+    verdict. Ctrl-C (once or twice), SIGTERM and SIGHUP all stop what was started, in order."""
+    stack = None if running else new_stack(data, settings, lock)
+    stopped: tuple[int, str] | None = None
+    with first_signal_interrupts() as interrupts:
+        try:
+            if running:
+                console.print(f"using the stack started by `daydream up` at {running.nats_url}")
+                nats_url = running.nats_url
+            else:
+                start_stack(stack, settings, tiers, owner="run")
+                nats_url = stack.nats_url
+            engine = make_engine(settings.sqlalchemy_url())
+            init_db(engine)
+            tracker = Views(data, engine)
+            asyncio.run(publish(settings.model_copy(update={"nats_url": nats_url})))
+            progress = follow(tracker, experiment_id, stack, nats_url if wait_for_idle else None)
+        except KeyboardInterrupt:
+            stopped = 130, f"\n[yellow]interrupted ({interrupts.name()}).[/] Resume with: {resume_command}"
+        except StackFailed as failure:
+            stopped = 1, f"[red]{failure}[/]. Nothing finished is lost; resume with: {resume_command}"
+        finally:
+            stop_private(stack, data, lock)
+    if stopped:
+        say(stopped[1])
+        raise typer.Exit(stopped[0])
     raise typer.Exit(report(tracker, engine, data, progress))
 
 
+def stop_private(stack: EmbeddedStack | None, data: Path, lock: StackLock | None) -> None:
+    """Stop the stack this process started, forget it, and let go of the data dir."""
+    if stack:
+        with console.status("stopping the stack"):
+            stack.stop()
+        (data / STATE_FILE).unlink(missing_ok=True)
+    if lock:
+        lock.release()
+
+
+def say(message: str) -> None:
+    """Print, unless the terminal has gone (SIGHUP): stopping cleanly matters more than saying so."""
+    with contextlib.suppress(OSError):
+        console.print(message)
+
+
 def run(
-    data: Path = options.DATA,
+    data: Path = options.DATA_DIR,
     experiment_id: str | None = options.EXPERIMENT_ID,
     k_max: int | None = options.K_MAX,
     level: str | None = options.LEVEL,
@@ -161,7 +252,10 @@ def run(
 ) -> None:
     """Run an experiment end to end on an embedded stack, with live progress, then print results."""
     settings = Settings(data=data)
-    spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated)
+    running, lock = stack_or_lock(data)
+    serving = running.endpoint if running and running.endpoint else configured_endpoint(settings)
+    spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated,
+                              endpoint=serving)
     flags = {"--k-max": k_max, "--level": level, "--replicates": replicates}
     resume = " ".join([f"daydream run --experiment-id {spec.experiment_id} --data {data}",
                        *(f"{flag} {value}" for flag, value in flags.items() if value is not None)])
@@ -170,29 +264,48 @@ def run(
         await publish_experiment(on, spec)
         console.print(f"experiment [bold]{spec.experiment_id}[/] published")
 
-    on_a_stack(data, settings, spec.experiment_id, spec.tiers, publish, resume)
+    on_a_stack(data, settings, spec.experiment_id, spec.tiers, publish, resume, running=running, lock=lock)
 
 
-def up(data: Path = options.DATA) -> None:
-    """Start the embedded stack and leave it running for repeated `publish` / `run`."""
+def up(data: Path = options.DATA_DIR) -> None:
+    """Start the embedded stack and leave it running for repeated `publish` / `run`; a stack that
+    lost a process (or its `run`) is stopped and replaced, on the same NATS port."""
     settings = Settings(data=data)
-    previous = StackState.load(data)
-    if previous and previous.alive():
-        console.print(f"a stack is already running for {data} (see {data / STATE_FILE})")
+    running, problem = usable_stack(data)
+    if running:
+        console.print(f"a stack is already running for {data}: NATS_URL={running.nats_url} (see {data / STATE_FILE})")
         return
+    previous = StackState.load(data)
+    if previous and previous.owned_by_run() and previous.owner_running():
+        console.print(f"[red]{problem}[/]")
+        raise typer.Exit(1)
     if previous:
+        if problem:
+            console.print(f"[yellow]{problem}[/]: stopping what is left of it and starting it again")
         stop_detached(previous)
-    stack = start_stack(data, settings, tiers=None)
-    state = stack.state()
-    state.save(data)
+    try:
+        lock = StackLock(data).acquire(wait_s=5.0)
+    except DataDirBusy as busy:
+        console.print(f"[red]{busy}[/]: stop it with `daydream down --data {data}`")
+        raise typer.Exit(1) from None
+    port = previous.nats_port if previous and port_free(previous.nats_port) else 0
+    stack = new_stack(data, settings, lock, nats_port=port)
+    with first_signal_interrupts():
+        try:
+            start_stack(stack, settings, tiers=None, owner="up")
+        except BaseException:
+            stop_private(stack, data, lock)
+            raise
+    lock.release()
+    state = StackState.load(data)
     console.print(f"stack up: NATS_URL={stack.nats_url}")
     for name, target in state.metrics_targets().items():
         console.print(f"  {name:<10} http://{target}/metrics")
-    console.print(f"publish with: NATS_URL={stack.nats_url} daydream publish --data {data}   (or just daydream run)")
+    console.print(f"publish with: daydream publish --data {data}   (or just daydream run)")
 
 
 def down(data: Path = options.DATA) -> None:
-    """Stop the stack started by `daydream up`."""
+    """Stop this data dir's stack: the one `up` started, or what a `run` left behind."""
     state = StackState.load(data)
     if not state:
         console.print(f"no running stack for {data}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -18,72 +19,154 @@ import nats
 
 from daydream.nats_process import NatsServer, free_port
 from shared.events import TierSpec
+from shared.llm import endpoint_identity
 from shared.settings import Settings
 from shared.topology import EVENTS_STREAM, TASKS_STREAM, ensure_topology
 
 SERVICES = ("combiner", "generator", "evaluator", "parser", "tracker")
 STATE_FILE = "stack.json"
+LOCK_FILE = "stack.lock"
+
+
+def start_time(pid: int | None) -> int | None:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22), or None when
+    no such process runs: with the PID it tells *this* process from a later one given the same PID."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def identity(pid: int) -> dict:
+    return {"pid": pid, "started": start_time(pid)}
+
+
+def _is_running(process: dict | None) -> bool:
+    """The very process recorded (same PID, same start time) still runs and is not a zombie."""
+    return bool(process) and process.get("started") is not None and start_time(process["pid"]) == process["started"]
 
 
 @dataclass
 class StackState:
-    """What `daydream up` leaves behind so `run`, `publish` and `down` can find the stack."""
+    """What `up` (and `run`, for its private stack) leaves in DIR/stack.json so `run`, `publish`,
+    `status` and `down` can find the stack, and `down` can stop exactly its processes."""
 
     data_dir: str
     nats_url: str
-    nats_pid: int
-    services: dict[str, dict] = field(default_factory=dict)
-    """name -> {pid, metrics_port}"""
+    owner: dict
+    """The command that started it: {"command": "up" | "run", "pid", "started"}."""
+    processes: dict[str, dict] = field(default_factory=dict)
+    """name (nats-server, fake-llm, each service) -> {pid, started, metrics_port?}."""
     llm_base_url: str | None = None
-    fake_llm_pid: int | None = None
+    endpoint: str | None = None
 
     def save(self, data: Path) -> None:
-        (data / STATE_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        temporary = data / f".{STATE_FILE}.tmp"
+        temporary.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        temporary.replace(data / STATE_FILE)
 
     @classmethod
-    def load(cls, data: Path) -> "StackState | None":
+    def load(cls, data: Path) -> StackState | None:
         path = data / STATE_FILE
         if not path.exists():
             return None
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError):
+            return None  # written by an older DayDream: nothing in it identifies its processes
+
+    @property
+    def nats_port(self) -> int:
+        return int(self.nats_url.rsplit(":", 1)[1])
 
     def gone(self) -> list[str]:
         """The processes of this stack that are no longer running."""
-        processes = {"nats-server": self.nats_pid, **{name: s["pid"] for name, s in self.services.items()}}
-        if self.fake_llm_pid:
-            processes["fake-llm"] = self.fake_llm_pid
-        return [name for name, pid in processes.items() if not _alive(pid)]
+        return [name for name, process in self.processes.items() if not _is_running(process)]
 
     def alive(self) -> bool:
-        """Every process still up: a stack missing one is not used, only stopped."""
+        """Every process still up: a stack missing one is not used, only stopped or restored."""
         return not self.gone()
 
+    def owned_by_run(self) -> bool:
+        return self.owner.get("command") == "run"
+
+    def owner_running(self) -> bool:
+        return _is_running(self.owner)
+
     def metrics_targets(self) -> dict[str, str]:
-        return {name: f"127.0.0.1:{info['metrics_port']}" for name, info in self.services.items()}
+        return {name: f"127.0.0.1:{info['metrics_port']}" for name, info in self.processes.items()
+                if "metrics_port" in info}
 
 
 def usable_stack(data: Path) -> tuple[StackState | None, str | None]:
-    """The stack `daydream up` left for this data dir when every process of it still runs;
-    otherwise None and, when a stack was recorded, a sentence saying what it lost."""
+    """The live `up` stack of this data dir; otherwise None and, when some stack holds the dir or
+    left processes behind, a sentence naming it and saying the fix."""
     state = StackState.load(data)
-    if state and not state.alive():
-        return None, (f"the stack from `daydream up` ({data / STATE_FILE}) has lost {', '.join(state.gone())}; "
-                      "`daydream down` stops what is left of it")
-    return state, None
+    if state is None or not any(_is_running(p) for p in [state.owner, *state.processes.values()]):
+        return None, None
+    where = f"{data / STATE_FILE}"
+    if state.owned_by_run() and state.owner_running():
+        return None, (f"`daydream run` (pid {state.owner['pid']}) is running a private stack on {data} ({where}): "
+                      f"wait for it, or stop it with `daydream down --data {data}`")
+    if state.owned_by_run():
+        lost = f"its owner `daydream run` (pid {state.owner['pid']})"
+    elif not state.alive():
+        lost = ", ".join(state.gone())
+    else:
+        return state, None
+    return None, (f"the stack of {data} ({where}) has lost {lost}; "
+                  f"`daydream up --data {data}` restores it")
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
+def stack_running(data: Path) -> bool:
+    """A whole stack runs for this data dir: a `run` working, or an `up` stack with every process."""
+    state = StackState.load(data)
+    if state is None:
         return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except OSError:
-        return True
+    return state.owner_running() if state.owned_by_run() else state.alive()
+
+
+class DataDirBusy(Exception):
+    """Another stack holds this data dir's lock."""
+
+
+class StackLock:
+    """One stack per data dir: an exclusive `flock` on DIR/stack.lock. Every process of the stack
+    inherits the descriptor, so the lock is held until the last of them exits — after `up` has
+    returned, and after a crashed owner too, until `down` or `up` stops what it left."""
+
+    def __init__(self, data: Path) -> None:
+        self.path = data / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self, wait_s: float = 0.0) -> StackLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise DataDirBusy(f"another DayDream stack holds {self.path}") from None
+                time.sleep(0.1)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """This process lets go; children that inherited the descriptor keep holding it."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def inherited(self) -> tuple[int, ...]:
+        return (self.fd,) if self.fd is not None else ()
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, name: str, log: Path, timeout_s: float = 60.0) -> None:
@@ -104,10 +187,12 @@ class EmbeddedStack:
     """Starts and stops the processes; each one can be killed and restarted on its own."""
 
     def __init__(self, data: Path, *, llm_base_url: str | None, fake_llm_latency: float | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, lock: StackLock | None = None, nats_port: int = 0) -> None:
         self.data = data.resolve()
         self.logs = self.data / "logs"
-        self.nats = NatsServer(store_dir=self.data / "nats", log_file=self.logs / "nats-server.log")
+        self.lock_fds = lock.inherited() if lock else ()
+        self.nats = NatsServer(store_dir=self.data / "nats", log_file=self.logs / "nats-server.log",
+                               port=nats_port, pass_fds=self.lock_fds)
         self.llm_base_url = llm_base_url
         self.fake_llm_latency = fake_llm_latency
         self.extra_env = extra_env or {}
@@ -130,7 +215,7 @@ class EmbeddedStack:
         self.fake_llm = subprocess.Popen(
             [sys.executable, "-m", "daydream", "fake-llm", "--port", str(port),
              "--latency", str(self.fake_llm_latency or 0.0), *extra_args],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, pass_fds=self.lock_fds,
         )
         _wait_healthy(f"http://127.0.0.1:{port}/health", self.fake_llm, "fake-llm", log)
         self.llm_base_url = f"http://127.0.0.1:{port}/v1"
@@ -149,14 +234,20 @@ class EmbeddedStack:
         env.pop("NATS_URL", None)
         if self.llm_base_url:
             env["DAYDREAM_LLM_BASE_URL"] = self.llm_base_url
+        env["DAYDREAM_LLM_SIMULATED"] = "true" if self.fake_llm else "false"
         return env
+
+    @property
+    def endpoint(self) -> str | None:
+        """The `endpoint_identity` its workers serve."""
+        return endpoint_identity(self.llm_base_url, simulated=self.fake_llm is not None) if self.llm_base_url else None
 
     def start_service(self, name: str, env_overrides: dict[str, str] | None = None, wait: bool = True) -> None:
         self.ports.setdefault(name, free_port())
         log = self.logs / f"{name}.log"
         process = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"], env=self.service_env(name, env_overrides),
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, pass_fds=self.lock_fds,
         )
         self.processes[name] = process
         if wait:
@@ -205,15 +296,18 @@ class EmbeddedStack:
         _terminate([self.fake_llm] if self.fake_llm else [])
         self.nats.stop()
 
-    def state(self) -> StackState:
-        return StackState(
-            data_dir=str(self.data),
-            nats_url=self.nats_url,
-            nats_pid=self.nats.process.pid if self.nats.process else 0,
-            services={n: {"pid": p.pid, "metrics_port": self.ports[n]} for n, p in self.processes.items()},
-            llm_base_url=self.llm_base_url,
-            fake_llm_pid=self.fake_llm.pid if self.fake_llm else None,
-        )
+    def state(self, owner_command: str = "run") -> StackState:
+        """What is running now, each process by PID and start time, owned by this process."""
+        processes = {}
+        if self.nats.process:
+            processes["nats-server"] = identity(self.nats.process.pid)
+        if self.fake_llm:
+            processes["fake-llm"] = identity(self.fake_llm.pid)
+        for name, process in self.processes.items():
+            processes[name] = {**identity(process.pid), "metrics_port": self.ports[name]}
+        return StackState(data_dir=str(self.data), nats_url=self.nats_url,
+                          owner={"command": owner_command, **identity(os.getpid())},
+                          processes=processes, llm_base_url=self.llm_base_url, endpoint=self.endpoint)
 
 
 def _terminate(processes: list[subprocess.Popen], timeout_s: float = 20.0) -> None:
@@ -231,22 +325,25 @@ def _terminate(processes: list[subprocess.Popen], timeout_s: float = 20.0) -> No
 
 
 def stop_detached(state: StackState) -> None:
-    """`daydream down`: the processes of a stack started by `up` belong to no shell any more;
-    they stop in the order `EmbeddedStack.stop` uses."""
-    for pids in ([s["pid"] for s in state.services.values()], [state.fake_llm_pid], [state.nats_pid]):
-        for pid in pids:
-            if pid and _alive(pid):
-                os.kill(pid, signal.SIGTERM)
-        _wait_gone(pids)
+    """`daydream down`: a stack's processes belong to no shell; each is signalled only while it is
+    the very process recorded (PID and start time), in the order `EmbeddedStack.stop` uses. A
+    `run` still owning its stack is asked first, so it stops its own and says how to resume."""
+    services = [p for name, p in state.processes.items() if name not in ("fake-llm", "nats-server")]
+    owner = [state.owner] if state.owned_by_run() else []
+    for group in (owner, services, [state.processes.get("fake-llm")], [state.processes.get("nats-server")]):
+        group = [process for process in group if _is_running(process)]
+        for process in group:
+            os.kill(process["pid"], signal.SIGTERM)
+        _wait_gone(group)
 
 
-def _wait_gone(pids: list[int | None], timeout_s: float = 20.0) -> None:
+def _wait_gone(processes: list[dict], timeout_s: float = 25.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(_is_running(p) for p in processes):
         time.sleep(0.1)
-    for pid in pids:
-        if pid and _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    for process in processes:
+        if _is_running(process):
+            os.kill(process["pid"], signal.SIGKILL)
 
 
 async def consumers_idle(nats_url: str) -> bool:

@@ -97,6 +97,8 @@ class ExperimentSpec(Contract):
     generation_models: list[ModelSpec]
     evaluation_models: list[ModelSpec]
     tiers: list[TierSpec]
+    endpoint: str | None = None
+    """The `endpoint_identity` the experiment was published against (never the key)."""
 
 
 class EvaluationPlan(Contract):
@@ -152,6 +154,8 @@ class TaskCreated(Event):
     prompt: str
     replicate: int = 1
     fresh: bool = False
+    endpoint: str | None = None
+    """The experiment's `endpoint_identity`: a worker serving another endpoint never answers it."""
     combo_id: SafeId
     generation_template_id: SafeId
     generation_model_id: SafeId

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from shared.events import CallParameters, CallRecord, ModelSpec, utcnow
 
 APP_TITLE = "DayDream"
-"""Sent as `X-Title`: OpenRouter shows usage under this app name."""
+"""Sent to OpenRouter as `X-Title`: it shows usage under this app name."""
 REPLICATE_HEADER = "X-DayDream-Replicate"
 """Which replicate a call is for. Providers ignore it; the fake LLM mixes it into its request
 identity, so unseeded replicates of one prompt get different simulated text and count as
@@ -97,19 +97,34 @@ def chat_messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
+SIMULATED_ENDPOINT = "simulated"
+"""The identity of the built-in fake LLM, whatever port it listens on this time."""
+
+
+def endpoint_identity(base_url: str, simulated: bool = False) -> str:
+    """What answers an experiment's calls, without the key: the fake LLM as one endpoint on any
+    port, a real one as its base URL with scheme and host lower-cased and no trailing '/'.
+    An experiment records it, every task carries it, and it is part of the request hash."""
+    if simulated:
+        return SIMULATED_ENDPOINT
+    scheme, sep, rest = base_url.strip().rstrip("/").partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}{sep}{host.lower()}{slash}{path}"
+
+
 def request_hash(
-    base_url: str,
+    endpoint: str,
     model: str,
     messages: list[dict],
     parameters: CallParameters,
     replicate: int,
 ) -> str:
-    """The response-store key: same endpoint, model, messages, parameters and replicate means
-    the same paid answer. Unset parameters are left out so adding a parameter field later does
+    """The response-store key: same endpoint (its `endpoint_identity`), model, messages, parameters
+    and replicate means the same paid answer. Unset parameters are left out so adding a parameter field later does
     not change the hash of old requests."""
     canonical = json.dumps(
         {
-            "base_url": base_url.rstrip("/"),
+            "base_url": endpoint_identity(endpoint),
             "model": model,
             "messages": messages,
             "parameters": parameters.model_dump(exclude_none=True),
@@ -120,6 +135,22 @@ def request_hash(
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def is_openrouter(base_url: str) -> bool:
+    """OpenRouter's own fields and headers go to OpenRouter only: a strict OpenAI-compatible
+    server may answer 400 to a field it does not know, and a 400 is never retried."""
+    host = httpx.URL(base_url).host
+    return host == "openrouter.ai" or host.endswith(".openrouter.ai")
+
+
+def request_body(model: str, prompt: str, parameters: CallParameters, openrouter: bool) -> dict[str, Any]:
+    """The `/chat/completions` body: OpenAI's documented fields, plus OpenRouter's usage
+    accounting when the endpoint is OpenRouter."""
+    body: dict[str, Any] = {"model": model, "messages": chat_messages(prompt)}
+    if openrouter:
+        body["usage"] = {"include": True}
+    return body | parameters.model_dump(exclude_none=True)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -254,7 +285,8 @@ class LLMClient:
         # here) and says nothing the request metrics do not.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self._api_key = api_key if isinstance(api_key, SecretStr) or api_key is None else SecretStr(api_key)
-        headers = {"X-Title": APP_TITLE}
+        self.openrouter = is_openrouter(self.base_url)
+        headers = {"X-Title": APP_TITLE} if self.openrouter else {}
         if self._secret():
             headers["Authorization"] = f"Bearer {self._secret()}"
         self._http = httpx.AsyncClient(
@@ -289,12 +321,7 @@ class LLMClient:
         request_hash: str,
         replicate: int = 1,
     ) -> CallRecord:
-        body: dict[str, Any] = {
-            "model": model.model,
-            "messages": chat_messages(prompt),
-            "usage": {"include": True},
-            **parameters.model_dump(exclude_none=True),
-        }
+        body = request_body(model.model, prompt, parameters, self.openrouter)
         started_at = utcnow()
         clock = time.perf_counter()
         try:

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("DAYDREAM_LLM_API_KEY", "OPENROUTER_API_KEY"),
     )
+    llm_simulated: bool = False
+    """Set by the embedded stack when the base URL is its fake LLM: the endpoint is "simulated"."""
     llm_timeout_s: float = 180.0
     max_attempts: int = 6
     retry_base_delay_s: float = 2.0

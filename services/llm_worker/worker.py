@@ -18,7 +18,7 @@ from services.llm_worker.response_store import ResponseStore
 from services.llm_worker.retry_policy import decide
 from shared import metrics
 from shared.events import CallRecord, TaskCreated, TaskFailed
-from shared.llm import LLMClient, LLMError, chat_messages, request_hash
+from shared.llm import LLMClient, LLMError, chat_messages, endpoint_identity, request_hash
 from shared.settings import Settings
 
 
@@ -41,8 +41,12 @@ class GaveUp:
 Verdict = Completed | RetryLater | GaveUp
 
 
-def task_request_hash(task: TaskCreated, base_url: str) -> str:
-    return request_hash(base_url, task.model.model, chat_messages(task.prompt), task.parameters, task.replicate)
+def task_request_hash(task: TaskCreated, endpoint: str) -> str:
+    return request_hash(endpoint, task.model.model, chat_messages(task.prompt), task.parameters, task.replicate)
+
+
+OTHER_ENDPOINT = "other_endpoint"
+"""The `TaskFailed.reason` of a task bound to an endpoint this worker does not serve."""
 
 
 @dataclass
@@ -79,7 +83,14 @@ class LLMWorker:
         return record
 
     async def run(self, task: TaskCreated, attempt: int, heartbeat: Callable[[], Awaitable[None]]) -> Verdict:
-        key = task_request_hash(task, self.settings.llm_base_url)
+        endpoint = endpoint_identity(self.settings.llm_base_url, self.settings.llm_simulated)
+        if task.endpoint is not None and task.endpoint != endpoint:
+            return GaveUp(TaskFailed(
+                stage=task.stage, experiment_id=task.experiment_id, task_id=task.task_id, reason=OTHER_ENDPOINT,
+                message=f"bound to endpoint {task.endpoint}, this worker serves {endpoint}: rerun it where "
+                        f"{task.endpoint} is configured (`daydream rerun {task.experiment_id} --failed`)",
+                attempts=attempt, tier=task.tier.tier, model_id=task.model.id, task=task))
+        key = task_request_hash(task, endpoint)
         stored = await self.stored_response(task, key)
         if stored is not None:
             metrics.observe_cache_hit(task.stage, task.model.id)

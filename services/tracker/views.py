@@ -28,7 +28,7 @@ class RecordedGeneration(NamedTuple):
 @dataclass(frozen=True)
 class RecordedResults:
     """What `daydream rerun` needs to know of an experiment's results: each recorded generation
-    (its text renders its evaluations' prompts) and the evaluations that reported."""
+    (its text renders its evaluations' prompts) and the evaluations that reported and were parsed."""
 
     generations: dict[str, RecordedGeneration]
     evaluations: set[str]
@@ -80,7 +80,8 @@ class Views:
             ).all()
             evaluations = session.exec(
                 select(EvaluationResult.task_id).where(EvaluationResult.experiment_id == experiment_id,
-                                                       EvaluationResult.has_response == True)  # noqa: E712
+                                                       EvaluationResult.has_response == True,  # noqa: E712
+                                                       EvaluationResult.has_score == True)  # noqa: E712
             ).all()
         return RecordedResults(
             generations={

@@ -3,6 +3,7 @@ each its own process, as in production."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from daydream.stack import EmbeddedStack
+from tests.conftest import EXAMPLE_RAW
 
 FAST_RETRIES = {"DAYDREAM_RETRY_BASE_DELAY_S": "0.2", "DAYDREAM_HEARTBEAT_S": "2"}
 
@@ -25,6 +27,13 @@ def nats_and_fake_llm(data: Path, latency_s: float) -> Iterator[EmbeddedStack]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """A fresh data dir holding the example's inputs, as a new user's clone has."""
+    shutil.copytree(EXAMPLE_RAW, tmp_path / "1_raw")
+    return tmp_path
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ same experiment id resumes without redoing what was done; `up`/`down` keep a sta
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from sqlmodel import Session, func, select
 from daydream.stack import StackState
 from services.tracker.db import make_engine
 from services.tracker.tables import EvaluationResult, GenerationResult, LlmCall
-from tests.conftest import EXAMPLE_RAW
 from tests.e2e.chaos import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -30,12 +28,6 @@ def daydream(*args: str, env: dict[str, str] | None = None, **popen) -> subproce
     clean.update({"COLUMNS": "160", **(env or {})})
     return subprocess.Popen([sys.executable, "-m", "daydream", *args], env=clean, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    shutil.copytree(EXAMPLE_RAW, tmp_path / "1_raw")
-    return tmp_path
 
 
 def rows(data: Path, table, **where) -> int:
@@ -104,9 +96,10 @@ def test_down_stops_what_is_left_of_a_stack_that_lost_a_service(data: Path) -> N
     output, _ = up.communicate(timeout=120)
     assert up.returncode == 0, output
     state = StackState.load(data)
-    pids = [state.nats_pid, state.fake_llm_pid, *(service["pid"] for service in state.services.values())]
+    pids = [process["pid"] for process in state.processes.values()]
+    assert len(pids) == 7
     try:
-        os.kill(state.services["parser"]["pid"], signal.SIGKILL)
+        os.kill(state.processes["parser"]["pid"], signal.SIGKILL)
         wait_until(lambda: not state.alive(), timeout_s=10, what="the parser to die")
         down = daydream("down", "--data", str(data))
         output, _ = down.communicate(timeout=60)

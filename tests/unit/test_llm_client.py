@@ -23,7 +23,10 @@ from shared.llm import (
     LLMError,
     chat_messages,
     classify_response,
+    endpoint_identity,
+    is_openrouter,
     error_kind_for_status,
+    request_body,
     request_hash,
 )
 
@@ -109,7 +112,7 @@ async def failure(llm: LLMClient) -> LLMError:
 
 def hash_of(**changes) -> str:
     arguments = {
-        "base_url": "https://openrouter.ai/api/v1",
+        "endpoint": "https://openrouter.ai/api/v1",
         "model": "acme/writer-1",
         "messages": chat_messages("Write."),
         "parameters": CallParameters(temperature=0.7, max_tokens=100),
@@ -121,13 +124,25 @@ def hash_of(**changes) -> str:
 def test_request_hash_is_a_stable_sha256_of_the_request():
     assert hash_of() == hash_of()
     assert len(hash_of()) == 64 and int(hash_of(), 16) >= 0
-    assert hash_of(base_url="https://openrouter.ai/api/v1/") == hash_of()
+    assert hash_of(endpoint="https://openrouter.ai/api/v1/") == hash_of()
+    assert hash_of(endpoint="HTTPS://OpenRouter.ai/api/v1") == hash_of()
+
+
+def test_the_fake_llm_is_one_endpoint_whatever_its_port():
+    on_one_port = hash_of(endpoint=endpoint_identity("http://127.0.0.1:18001/v1", simulated=True))
+    assert on_one_port == hash_of(endpoint=endpoint_identity("http://127.0.0.1:23456/v1", simulated=True))
+    assert on_one_port != hash_of(endpoint="http://127.0.0.1:18001/v1")
+
+
+def test_a_real_endpoint_keeps_the_hash_its_stored_responses_were_stored_under():
+    """Responses stored before the endpoint identity existed are still found."""
+    assert hash_of() == "ed8cc4deb0124c37d31b33d11a67a8ec129a603cb488dc292613a566e817637c"
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        {"base_url": "http://127.0.0.1:8999/v1"},
+        {"endpoint": "http://127.0.0.1:8999/v1"},
         {"model": "acme/writer-2"},
         {"messages": chat_messages("Write more.")},
         {"parameters": CallParameters(temperature=0.8, max_tokens=100)},
@@ -146,18 +161,28 @@ def test_chat_messages_is_one_user_message():
 # ---- what is sent ------------------------------------------------------------------------
 
 
-async def test_sends_set_parameters_attribution_and_the_bearer_key(client, script):
-    await call(client, CallParameters(temperature=0.3, max_tokens=50))
+async def test_sends_only_openai_fields_and_the_bearer_key_to_an_endpoint_that_is_not_openrouter(client, script):
+    """A strict OpenAI-compatible server answers 400 to a field it does not know: none is sent."""
+    await call(client, CallParameters(temperature=0.3, max_tokens=50, seed=7))
     sent = script.received[-1]
     assert sent["body"] == {
         "model": "acme/writer-1",
         "messages": [{"role": "user", "content": "Write."}],
-        "usage": {"include": True},
         "temperature": 0.3,
         "max_tokens": 50,
+        "seed": 7,
     }
     assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
-    assert sent["headers"]["X-Title"] == "DayDream"
+    assert "X-Title" not in sent["headers"] and "x-title" not in {h.lower() for h in sent["headers"]}
+
+
+def test_openrouter_gets_its_usage_accounting_and_only_openrouter_does():
+    assert is_openrouter("https://openrouter.ai/api/v1") and is_openrouter("https://eu.openrouter.ai/api/v1")
+    assert not is_openrouter("http://127.0.0.1:8000/v1") and not is_openrouter("https://openrouter.ai.evil.example/v1")
+    body = request_body("acme/writer-1", "Write.", CallParameters(max_tokens=5), openrouter=True)
+    assert body == {"model": "acme/writer-1", "messages": [{"role": "user", "content": "Write."}],
+                    "usage": {"include": True}, "max_tokens": 5}
+    assert "usage" not in request_body("acme/writer-1", "Write.", CallParameters(), openrouter=False)
 
 
 async def test_each_call_says_which_replicate_it_is_for(client, script):

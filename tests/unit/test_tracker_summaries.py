@@ -171,6 +171,14 @@ def test_status_shows_progress_failures_and_spend(tmp_path: Path) -> None:
 
 
 def test_results_without_any_experiment_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "1_raw").mkdir(parents=True)
     outcome = run(tmp_path / "empty", "results")
     assert outcome.exit_code == 1
     assert "No experiments recorded yet" in outcome.output
+
+
+def test_results_in_a_directory_that_is_no_data_dir_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    outcome = run(tmp_path, "results")
+    assert outcome.exit_code == 2
+    assert "holds neither 1_raw/ nor daydream.db" in outcome.output
+    assert not (tmp_path / "daydream.db").exists()
