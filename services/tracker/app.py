@@ -29,7 +29,6 @@ from shared.service import decode, jetstream, make_app, make_broker, subscribe
 from shared.settings import get_settings
 from shared.topology import (
     DEAD_LETTER_CONSUMER,
-    TASKS_STREAM,
     TRACKER_SUBJECTS,
     ensure_service_topology,
     find_reader,
@@ -62,19 +61,19 @@ def recorder_for(event_type, record):
 
 
 class StoredTasks:
-    """The work-queue stream that still holds a dead-lettered task message."""
+    """The streams that still hold a dead-lettered message."""
 
     def __init__(self, js) -> None:
         self.js = js
 
-    async def payload(self, sequence: int) -> bytes | None:
+    async def payload(self, stream: str, sequence: int) -> bytes | None:
         try:
-            return (await self.js.get_msg(TASKS_STREAM, sequence)).data
+            return (await self.js.get_msg(stream, sequence)).data
         except NotFoundError:
             return None
 
-    async def delete(self, sequence: int) -> None:
-        await self.js.delete_msg(TASKS_STREAM, sequence)
+    async def delete(self, stream: str, sequence: int) -> None:
+        await self.js.delete_msg(stream, sequence)
 
 
 async def handle_dead_letter(msg: NatsMessage) -> None:
