@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     """Copies JetStream keeps of every stream and bucket: 3 on a three-node cluster, so losing a
     node loses nothing and stalls nothing. Never lowers what an operator raised by hand."""
 
+    tracker_lease_ttl_s: float = Field(default=8.0, gt=0)
+    """A standby tracker takes over this long (plus a second) after the active one stopped renewing."""
+
     chaos_exit_after_store: bool = False
     """Chaos hook for crash tests: the process exits right after a response is stored and before
     it is published or acked — the worst moment to die."""

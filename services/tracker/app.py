@@ -7,6 +7,7 @@ from faststream.nats import NatsMessage
 from nats.js.errors import NotFoundError
 
 from services.tracker.db import make_engine
+from services.tracker.lease import Lease
 from services.tracker.dead_letters import DEAD_LETTER_STAGE, MaxDeliveriesAdvisory, record_dead_letter
 from services.tracker.recorder import Tracker
 from shared import metrics
@@ -39,6 +40,7 @@ broker = make_broker(settings)
 background = BackgroundTasks()
 engine = make_engine(settings.sqlalchemy_url())
 tracker = Tracker(settings.data, engine)
+lease: list[Lease] = []
 
 RECORDERS_BY_SUBJECT = {
     EXPERIMENT_REQUESTED: (ExperimentRequested, tracker.record_requested),
@@ -101,12 +103,21 @@ async def publish_progress() -> None:
 
 
 async def startup() -> None:
+    js = await jetstream(broker)
+    await ensure_service_topology(js, settings, readers=[*TRACKER_SUBJECTS, DEAD_LETTER_CONSUMER])
+    lease.append(await Lease.open(js, settings))
+    await lease[0].acquire()  # a standby waits here, reading nothing, until the active tracker is gone
+    background.start(lease[0].keep())
     tracker.reconcile_csvs()
-    await ensure_service_topology(await jetstream(broker), settings, readers=[*TRACKER_SUBJECTS, DEAD_LETTER_CONSUMER])
     for durable, (event_type, record) in RECORDERS.items():
         subscribe(broker, find_reader(settings, durable), recorder_for(event_type, record))
     subscribe(broker, find_reader(settings, DEAD_LETTER_CONSUMER), handle_dead_letter)
     background.start(publish_progress())
 
 
-app = make_app(broker, on_startup=[startup], on_shutdown=[background.stop])
+async def release_lease() -> None:
+    for held in lease:
+        await held.release()
+
+
+app = make_app(broker, on_startup=[startup], on_shutdown=[background.stop], after_shutdown=[release_lease])

@@ -4,12 +4,15 @@ each, routes to one another; any node can be killed with SIGKILL and started aga
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import nats
 
 from daydream.nats_process import NatsServer, free_port
+from daydream.stack import EmbeddedStack
 from shared.nats_cluster import server_urls
 
 CLUSTER_NAME = "daydream-test"
@@ -89,3 +92,19 @@ async def stream_leader(url: str, stream: str) -> str:
         return info.cluster.leader
     finally:
         await nc.close()
+
+
+def start_replica(stack: EmbeddedStack, service: str, replica: int, *, wait: bool = True,
+                  env: dict[str, str] | None = None) -> str:
+    """Another process of `service` on the same stack, with its own metrics port and log; the
+    stack stops it with the others. Returns its name in `stack.processes`."""
+    name = f"{service}-{replica}"
+    stack.ports[name] = free_port()
+    log = stack.logs / f"{name}.log"
+    stack.processes[name] = subprocess.Popen(
+        [sys.executable, "-m", f"services.{service}"], env=stack.service_env(name, env),
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    if wait:
+        stack.wait_healthy(name)
+    return name
