@@ -7,11 +7,7 @@ from faststream.nats import NatsMessage
 from nats.js.errors import NotFoundError
 
 from services.tracker.db import make_engine
-from services.tracker.dead_letters import (
-    DEAD_LETTER_STAGE,
-    MaxDeliveriesAdvisory,
-    record_dead_letter,
-)
+from services.tracker.dead_letters import DEAD_LETTER_STAGE, MaxDeliveriesAdvisory, record_dead_letter
 from services.tracker.lease import Lease
 from services.tracker.recorder import Tracker
 from shared import metrics
