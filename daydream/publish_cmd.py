@@ -24,6 +24,7 @@ from shared.events import (
 from shared.ids import is_safe_id
 from shared.inputs import SPEC_FILE
 from shared.llm import SIMULATED_ENDPOINT, endpoint_identity
+from shared.nats_cluster import server_urls, without_credentials
 from shared.settings import Settings
 from shared.topology import ensure_topology
 
@@ -81,7 +82,7 @@ def snapshot_spec(data: Path, experiment_id: str) -> ExperimentSpec | None:
 
 async def publish_experiment(settings: Settings, spec: ExperimentSpec) -> None:
     """Shape the topology to the experiment's tiers (caps included), then request it once."""
-    nc = await nats.connect(settings.nats_url)
+    nc = await nats.connect(server_urls(settings.nats_url))
     try:
         js = nc.jetstream()
         await ensure_topology(js, settings, spec.tiers)
@@ -105,7 +106,7 @@ def publish(
     spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated,
                               endpoint=serving)
     asyncio.run(publish_experiment(settings, spec))
-    console.print(f"published experiment [bold]{spec.experiment_id}[/] to {_without_credentials(settings.nats_url)}")
+    console.print(f"published experiment [bold]{spec.experiment_id}[/] to {without_credentials(settings.nats_url)}")
     console.print(f"follow it with: daydream status {spec.experiment_id} --data {data}")
     typer.echo(spec.experiment_id)
 
@@ -125,6 +126,3 @@ def destination(data: Path) -> tuple[Settings, str | None]:
         raise typer.Exit(1)
     return settings.model_copy(update={"nats_url": running.nats_url}), running.endpoint
 
-
-def _without_credentials(url: str) -> str:
-    return url.split("@", 1)[-1] if "@" in url else url

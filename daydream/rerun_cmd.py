@@ -19,6 +19,7 @@ from services.tracker.db import init_db, make_engine
 from services.tracker.views import RecordedResults, Views
 from shared.events import ExperimentSpec, TaskCreated, message_id, task_subject
 from shared.llm import endpoint_identity
+from shared.nats_cluster import server_urls
 from shared.prompts import TemplateProblem
 from shared.settings import Settings
 from shared.tasks import evaluation_tasks, generation_tasks
@@ -57,7 +58,7 @@ def unfinished_tasks(tasks: dict[str, TaskCreated], failed: list[TaskCreated], r
 async def republish_tasks(settings: Settings, tasks: list[TaskCreated]) -> None:
     """A rerun is a new request: a fresh message id per rerun, so the duplicate window lets it in."""
     stamp = f"rerun{time.time_ns()}"
-    nc = await nats.connect(settings.nats_url)
+    nc = await nats.connect(server_urls(settings.nats_url))
     try:
         js = nc.jetstream()
         for task in tasks:

@@ -20,6 +20,7 @@ import nats
 from daydream.nats_process import NatsServer, free_port
 from shared.events import TierSpec
 from shared.llm import endpoint_identity
+from shared.nats_cluster import server_urls
 from shared.settings import Settings
 from shared.topology import EVENTS_STREAM, TASKS_STREAM, ensure_topology
 
@@ -264,7 +265,7 @@ class EmbeddedStack:
         """Consumers shaped to the experiment's tiers before the workers start, so they size themselves right."""
 
         async def declare() -> None:
-            nc = await nats.connect(self.nats_url)
+            nc = await nats.connect(server_urls(self.nats_url))
             try:
                 await ensure_topology(nc.jetstream(), settings, tiers)
             finally:
@@ -349,7 +350,7 @@ def _wait_gone(processes: list[dict], timeout_s: float = 25.0) -> None:
 async def consumers_idle(nats_url: str) -> bool:
     """Nothing queued and nothing in flight on any consumer. Every service publishes what a
     message caused before it acks the message, so work in progress always shows on some consumer."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(server_urls(nats_url))
     try:
         js = nc.jetstream()
         for stream in (TASKS_STREAM, EVENTS_STREAM):

@@ -14,13 +14,14 @@ from weakref import WeakKeyDictionary
 import uvicorn
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream, make_ping_asgi
-from faststream.exceptions import RejectMessage
+from faststream.exceptions import NackMessage, RejectMessage
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
 from shared.events import TASK_CREATED_PREFIX, TASK_FAILED, TaskFailed, message_id
 from shared.lifecycle import BackgroundTasks
+from shared.nats_cluster import TRANSIENT_NATS_ERRORS, cluster_retry_delay_s, server_urls
 from shared.settings import Settings
 from shared.topology import EVENTS_STREAM, TASKS_STREAM, ConsumerSpec
 
@@ -35,7 +36,7 @@ _bound_consumers: WeakKeyDictionary[NatsBroker, list[ConsumerSpec]] = WeakKeyDic
 def make_broker(settings: Settings) -> NatsBroker:
     """Per-message "received/processed" lines go to DEBUG: at INFO they cost more than the work."""
     return NatsBroker(
-        settings.nats_url,
+        server_urls(settings.nats_url),
         middlewares=[metrics.faststream_prometheus_middleware()],
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
@@ -54,7 +55,9 @@ def subscribe(
     """Bind a handler to a consumer declared by `shared.topology` (never declared by FastStream).
 
     A handler cancelled by a shutdown hands its message back to JetStream on the way out, so the
-    next worker gets it at once rather than after the ack wait."""
+    next worker gets it at once rather than after the ack wait. A NATS error inside the handler
+    (a stream between leaders) hands it back with a growing delay, so an election does not use up
+    the message's deliveries."""
 
     async def handle(msg: NatsMessage) -> None:
         try:
@@ -63,6 +66,11 @@ def subscribe(
             with contextlib.suppress(Exception):
                 await asyncio.shield(msg.nack())
             raise
+        except TRANSIENT_NATS_ERRORS as error:
+            delay_s = cluster_retry_delay_s(delivery_attempt(msg))
+            log.warning("NATS unavailable (%s) handling %s; retrying in %.0f s",
+                        type(error).__name__, msg.raw_message.subject, delay_s)
+            raise NackMessage(delay=delay_s) from error
 
     broker.subscriber(
         spec.subject,

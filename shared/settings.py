@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     duplicate_window_s: float = 3600.0
     events_max_age_days: float = 14.0
     response_store_bucket: str = "dd_responses"
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    """Copies JetStream keeps of every stream and bucket: 3 on a three-node cluster, so losing a
+    node loses nothing and stalls nothing. Never lowers what an operator raised by hand."""
+
+    tracker_lease_ttl_s: float = Field(default=8.0, gt=0)
+    """A standby tracker takes over this long (plus a second) after the active one stopped renewing."""
 
     chaos_exit_after_store: bool = False
     """Chaos hook for crash tests: the process exits right after a response is stored and before

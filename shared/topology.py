@@ -16,11 +16,13 @@ from nats.js.api import (
     ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from shared.events import (
     DEFAULT_TIERS,
@@ -43,7 +45,8 @@ from shared.settings import Settings
 TASKS_STREAM = "DD_TASKS"
 EVENTS_STREAM = "DD_EVENTS"
 DEAD_LETTERS_STREAM = "DD_DEAD_LETTERS"
-MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.DD_TASKS.>"
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"
+"""What the dead-letter reader filters on; the stream captures only DayDream's own streams' advisories."""
 
 TRACKER_SUBJECTS = {
     "tracker-experiment-requested": EXPERIMENT_REQUESTED,
@@ -93,7 +96,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
         ),
         StreamConfig(
             name=DEAD_LETTERS_STREAM,
-            subjects=[MAX_DELIVERIES_ADVISORY],
+            subjects=[MAX_DELIVERIES_ADVISORY.removesuffix(">") + f"{stream}.>" for stream in (TASKS_STREAM, EVENTS_STREAM)],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=settings.events_max_age_days * 86400,
@@ -144,14 +147,37 @@ def consumer_config(spec: ConsumerSpec, settings: Settings) -> ConsumerConfig:
     )
 
 
+def replicas_to_declare(settings: Settings, current: int | None = None) -> int:
+    """`DAYDREAM_STREAM_REPLICAS`, or more when an operator already raised a stream or bucket by
+    hand: a service starting must never shrink the copies a cluster keeps."""
+    return max(settings.stream_replicas, current or 1)
+
+
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     for config in stream_configs(settings):
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
+            config.num_replicas = replicas_to_declare(settings)
             await js.add_stream(config)
         else:
+            config.num_replicas = replicas_to_declare(settings, info.config.num_replicas)
             await js.update_stream(config)
+
+
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, settings: Settings) -> KeyValue:
+    """Bind to a KV bucket, creating it when absent and raising its replicas to the setting."""
+    try:
+        kv = await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        config.replicas = replicas_to_declare(settings)
+        return await js.create_key_value(config)
+    stream = (await js.stream_info(f"KV_{config.bucket}")).config
+    wanted = replicas_to_declare(settings, stream.num_replicas)
+    if wanted != stream.num_replicas:
+        stream.num_replicas = wanted
+        await js.update_stream(stream)
+    return kv
 
 
 async def ensure_topology(

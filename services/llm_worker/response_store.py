@@ -11,15 +11,12 @@ from collections.abc import Iterator
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import (
-    BucketNotFoundError,
-    InvalidKeyError,
-    KeyDeletedError,
-    KeyNotFoundError,
-)
+from nats.js.errors import InvalidKeyError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from shared.events import CallRecord
+from shared.settings import Settings
+from shared.topology import ensure_bucket
 
 
 @contextlib.contextmanager
@@ -37,13 +34,10 @@ class ResponseStore:
         self._kv = kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str) -> ResponseStore:
-        """Bind to the bucket, creating it (file storage, so answers survive restarts) if absent."""
-        try:
-            kv = await js.key_value(bucket)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=1))
-        return cls(kv)
+    async def open(cls, js: JetStreamContext, bucket: str, settings: Settings) -> ResponseStore:
+        """Bind to the bucket, creating it (file storage, so answers survive restarts) if absent,
+        with as many replicas as the streams."""
+        return cls(await ensure_bucket(js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=1), settings))
 
     async def get(self, request_hash: str) -> CallRecord | None:
         try:

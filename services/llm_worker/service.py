@@ -64,7 +64,7 @@ class LLMWorkers:
         specs = await ensure_service_topology(js, self.settings, readers=self.readers, stage=self.stage)
         worker = self.worker = LLMWorker(
             LLMClient(self.settings.llm_base_url, self.settings.llm_api_key, self.settings.llm_timeout_s),
-            await ResponseStore.open(js, self.settings.response_store_bucket),
+            await ResponseStore.open(js, self.settings.response_store_bucket, self.settings),
             self.settings,
         )
 

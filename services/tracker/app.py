@@ -9,6 +9,7 @@ from nats.js.errors import NotFoundError
 
 from services.tracker.db import make_engine
 from services.tracker.dead_letters import DEAD_LETTER_STAGE, MaxDeliveriesAdvisory, record_dead_letter
+from services.tracker.lease import Lease
 from services.tracker.recorder import Tracker
 from shared import metrics
 from shared.events import (
@@ -28,7 +29,12 @@ from shared.events import (
 from shared.lifecycle import BackgroundTasks
 from shared.service import decode, jetstream, make_app, make_broker, subscribe
 from shared.settings import get_settings
-from shared.topology import DEAD_LETTER_CONSUMER, TASKS_STREAM, TRACKER_SUBJECTS, ensure_service_topology, find_reader
+from shared.topology import (
+    DEAD_LETTER_CONSUMER,
+    TRACKER_SUBJECTS,
+    ensure_service_topology,
+    find_reader,
+)
 
 settings = get_settings()
 broker = make_broker(settings)
@@ -40,6 +46,8 @@ def tracker() -> Tracker:
     """Made at startup, not at import: importing the app opens no database."""
     return Tracker(settings.data, make_engine(settings.sqlalchemy_url()))
 
+
+lease: list[Lease] = []
 
 RECORDERS_BY_SUBJECT = {
     EXPERIMENT_REQUESTED: (ExperimentRequested, Tracker.record_requested),
@@ -62,19 +70,19 @@ def recorder_for(event_type, record):
 
 
 class StoredTasks:
-    """The work-queue stream that still holds a dead-lettered task message."""
+    """The streams that still hold a dead-lettered message."""
 
     def __init__(self, js) -> None:
         self.js = js
 
-    async def payload(self, sequence: int) -> bytes | None:
+    async def payload(self, stream: str, sequence: int) -> bytes | None:
         try:
-            return (await self.js.get_msg(TASKS_STREAM, sequence)).data
+            return (await self.js.get_msg(stream, sequence)).data
         except NotFoundError:
             return None
 
-    async def delete(self, sequence: int) -> None:
-        await self.js.delete_msg(TASKS_STREAM, sequence)
+    async def delete(self, stream: str, sequence: int) -> None:
+        await self.js.delete_msg(stream, sequence)
 
 
 async def handle_dead_letter(msg: NatsMessage) -> None:
@@ -102,12 +110,21 @@ async def publish_progress() -> None:
 
 
 async def startup() -> None:
+    js = await jetstream(broker)
+    await ensure_service_topology(js, settings, readers=[*TRACKER_SUBJECTS, DEAD_LETTER_CONSUMER])
+    lease.append(await Lease.open(js, settings))
+    await lease[0].acquire()  # a standby waits here, reading nothing, until the active tracker is gone
+    background.start(lease[0].keep())
     tracker().reconcile_csvs()
-    await ensure_service_topology(await jetstream(broker), settings, readers=[*TRACKER_SUBJECTS, DEAD_LETTER_CONSUMER])
     for durable, (event_type, record) in RECORDERS.items():
         subscribe(broker, find_reader(settings, durable), recorder_for(event_type, record))
     subscribe(broker, find_reader(settings, DEAD_LETTER_CONSUMER), handle_dead_letter)
     background.start(publish_progress())
 
 
-app = make_app(broker, on_startup=[startup], on_shutdown=[background.stop])
+async def release_lease() -> None:
+    for held in lease:
+        await held.release()
+
+
+app = make_app(broker, on_startup=[startup], on_shutdown=[background.stop], after_shutdown=[release_lease])

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import metrics
 from shared.events import TaskCreated, TaskFailed
+from shared.topology import TASKS_STREAM
 
 DEAD_LETTER_STAGE = "dead_letter"
 """The stage of a failure about the advisory itself, not about a task."""
@@ -31,34 +32,32 @@ class MaxDeliveriesAdvisory(BaseModel):
 
 
 class DeadTasks(Protocol):
-    """The tasks stream, as far as dead letters need it."""
+    """The streams holding given-up messages, as far as dead letters need them."""
 
-    async def payload(self, sequence: int) -> bytes | None:
-        """The task message's body, or None when it is already gone."""
+    async def payload(self, stream: str, sequence: int) -> bytes | None:
+        """The message's body, or None when it is already gone."""
 
-    async def delete(self, sequence: int) -> None: ...
+    async def delete(self, stream: str, sequence: int) -> None: ...
 
 
 async def record_dead_letter(
     advisory: MaxDeliveriesAdvisory, tasks: DeadTasks, record_failure: Callable[[TaskFailed], None]
 ) -> TaskFailed:
     """Record and count the failure before deleting the message: a crash in between leaves the
-    message to be found again, and the same failure recorded twice is still one row."""
-    payload = await tasks.payload(advisory.stream_seq)
+    message to be found again, and the same failure recorded twice is still one row. Only a task
+    leaves its (work-queue) stream: an event given up by one reader is still another reader's."""
+    payload = await tasks.payload(advisory.stream, advisory.stream_seq)
     failure = failure_from_dead_letter(advisory, payload)
     record_failure(failure)
     metrics.observe_task_failed(failure.stage, failure.reason)
-    if payload is not None:
-        await tasks.delete(advisory.stream_seq)
+    if payload is not None and advisory.stream == TASKS_STREAM:
+        await tasks.delete(advisory.stream, advisory.stream_seq)
     return failure
 
 
 def failure_from_dead_letter(advisory: MaxDeliveriesAdvisory, task_payload: bytes | None) -> TaskFailed:
     where = f"{advisory.stream}/{advisory.consumer} seq {advisory.stream_seq}"
-    try:
-        task = TaskCreated.model_validate_json(task_payload) if task_payload else None
-    except ValidationError:
-        task = None
+    task = _task_of(task_payload)
     if task is None:
         return TaskFailed(
             stage="unknown",
@@ -79,3 +78,20 @@ def failure_from_dead_letter(advisory: MaxDeliveriesAdvisory, task_payload: byte
         model_id=task.model.id,
         task=task,
     )
+
+
+class _CarriesTask(BaseModel):
+    task: TaskCreated
+
+
+def _task_of(payload: bytes | None) -> TaskCreated | None:
+    """The task a given-up message is about: the message itself on the tasks stream, the event's
+    `task` on the events stream (the generation or evaluation whose result was never read)."""
+    if not payload:
+        return None
+    for read in (TaskCreated.model_validate_json, lambda body: _CarriesTask.model_validate_json(body).task):
+        try:
+            return read(payload)
+        except ValidationError:
+            continue
+    return None

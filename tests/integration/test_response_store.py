@@ -9,6 +9,7 @@ from nats.js.api import StorageType
 from services.llm_worker.response_store import ResponseStore
 from shared.events import CallParameters, CallRecord
 from shared.llm import chat_messages, request_hash
+from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ def a_record(prompt: str = "Write.") -> CallRecord:
 
 
 async def test_a_stored_response_comes_back_marked_cached(nats_client):
-    store = await ResponseStore.open(nats_client.jetstream(), BUCKET)
+    store = await ResponseStore.open(nats_client.jetstream(), BUCKET, Settings())
     record = a_record()
     await store.put(record)
     found = await store.get(record.request_hash)
@@ -41,29 +42,29 @@ async def test_a_stored_response_comes_back_marked_cached(nats_client):
 
 async def test_another_connection_sees_the_stored_response(nats_url, nats_client):
     record = a_record("Shared across workers.")
-    await (await ResponseStore.open(nats_client.jetstream(), BUCKET)).put(record)
+    await (await ResponseStore.open(nats_client.jetstream(), BUCKET, Settings())).put(record)
     other = await nats.connect(nats_url)
     try:
-        found = await (await ResponseStore.open(other.jetstream(), BUCKET)).get(record.request_hash)
+        found = await (await ResponseStore.open(other.jetstream(), BUCKET, Settings())).get(record.request_hash)
     finally:
         await other.close()
     assert found is not None and found.text == record.text and found.cached
 
 
 async def test_an_unknown_request_is_not_found(nats_client):
-    store = await ResponseStore.open(nats_client.jetstream(), BUCKET)
+    store = await ResponseStore.open(nats_client.jetstream(), BUCKET, Settings())
     assert await store.get(a_record("Never asked.").request_hash) is None
 
 
 async def test_the_bucket_is_created_on_file_storage_once(nats_client):
     js = nats_client.jetstream()
-    await ResponseStore.open(js, BUCKET)
-    await ResponseStore.open(js, BUCKET)
+    await ResponseStore.open(js, BUCKET, Settings())
+    await ResponseStore.open(js, BUCKET, Settings())
     info = await js.stream_info(f"KV_{BUCKET}")
     assert info.config.storage == StorageType.FILE
 
 
 async def test_a_key_that_nats_cannot_store_is_refused_with_advice(nats_client):
-    store = await ResponseStore.open(nats_client.jetstream(), BUCKET)
+    store = await ResponseStore.open(nats_client.jetstream(), BUCKET, Settings())
     with pytest.raises(ValueError, match="request_hash"):
         await store.get("not a hash!")

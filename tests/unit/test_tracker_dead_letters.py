@@ -24,10 +24,10 @@ class FakeTasks:
     def __init__(self, messages: dict[int, bytes]) -> None:
         self.messages = messages
 
-    async def payload(self, sequence: int) -> bytes | None:
+    async def payload(self, stream: str, sequence: int) -> bytes | None:
         return self.messages.get(sequence)
 
-    async def delete(self, sequence: int) -> None:
+    async def delete(self, stream: str, sequence: int) -> None:
         del self.messages[sequence]
 
 
@@ -82,3 +82,20 @@ async def test_a_dead_letter_whose_task_is_unreadable_or_gone_is_still_recorded(
     assert "undecodable message redelivered 6 times" in failures[0].message
     assert failures_counted("unknown", "max_deliveries") == counted + 2
     assert tasks.messages == {}
+
+
+async def test_an_event_a_reader_gave_up_on_is_recorded_against_its_task_and_kept_for_other_readers(
+    tmp_path: Path,
+) -> None:
+    tracker = tracker_in(tmp_path)
+    done = FakeExperiment().generations[0]
+    events = FakeTasks({SEQUENCE: done.model_dump_json().encode()})
+    given_up = advisory().model_copy(update={"stream": "DD_EVENTS", "consumer": "evaluator-fanout"})
+
+    await record_dead_letter(given_up, events, tracker.record_failure)
+
+    with Session(tracker.engine) as session:
+        failure = session.exec(select(Failure)).one()
+    assert (failure.task_id, failure.reason) == (done.task.task_id, "max_deliveries")
+    assert "DD_EVENTS/evaluator-fanout seq 41" in failure.message
+    assert SEQUENCE in events.messages
