@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import nats
 import pytest
 
+from services.llm_worker.response_store import ResponseStore
 from shared.events import DEFAULT_TIERS, TaskCreated, message_id, task_subject
 from shared.nats_cluster import server_urls
-from shared.response_store import ResponseStore
 from shared.settings import Settings
 from shared.topology import TASKS_STREAM, ensure_topology, stream_configs
 from tests.e2e.cluster import NatsCluster, stream_leader, wait_for_jetstream
