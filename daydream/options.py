@@ -29,7 +29,7 @@ def _has_records(data: Path) -> Path:
 def safe_id(value: str | None) -> str | None:
     """An id as `plan` accepts it: it becomes a file name and a NATS subject token."""
     if value is not None and not is_safe_id(value):
-        raise typer.BadParameter(f"{value!r} is not a valid id: {SAFE_ID_RULE}")
+        raise typer.BadParameter(f"{value!r} is not a safe id: {SAFE_ID_RULE}")
     return value
 
 

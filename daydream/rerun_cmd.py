@@ -73,7 +73,7 @@ def rerun(
     failed: bool = typer.Option(False, "--failed", help="Republish every task that failed or never reported."),
     task: list[str] = typer.Option([], "--task", callback=options.safe_ids,
                                    help="Republish one task, generation or evaluation (repeatable)."),
-    data: Path = options.DATA_DIR,
+    data: Path = options.RECORDED_DATA,
 ) -> None:
     """Republish what failed or never reported (or chosen tasks) and follow it to the end — on the
     stack at NATS_URL when set (then follow with `daydream status`), else on this data dir's

@@ -238,6 +238,14 @@ class EmbeddedStack:
         env["DAYDREAM_LLM_SIMULATED"] = "true" if self.fake_llm else "false"
         return env
 
+    def client_env(self) -> dict[str, str]:
+        """What a `daydream` command run elsewhere needs to publish into this stack as its workers
+        serve it: the NATS URL and the same endpoint, so the experiment is bound to it."""
+        env = {"NATS_URL": self.nats_url, "DAYDREAM_LLM_SIMULATED": "true" if self.fake_llm else "false"}
+        if self.llm_base_url:
+            env["DAYDREAM_LLM_BASE_URL"] = self.llm_base_url
+        return env
+
     @property
     def endpoint(self) -> str | None:
         """The `endpoint_identity` its workers serve."""

@@ -101,7 +101,7 @@ def finished_run(example_stack: EmbeddedStack) -> dict[str, list[dict]]:
 
 def publish(stack: EmbeddedStack) -> None:
     result = CliRunner().invoke(app, ["publish", "--data", str(stack.data), "--experiment-id", EXPERIMENT],
-                                env={"NATS_URL": stack.nats_url})
+                                env=stack.client_env())
     assert result.exit_code == 0, result.output
     assert EXPERIMENT in result.output
 

@@ -19,7 +19,16 @@ import pytest
 from typer.testing import CliRunner
 
 from daydream.cli import app
-from tests.e2e.chaos import Model, prepare, publish, running_stack, tracker_of, wait_finished, write_raw
+from daydream.stack import EmbeddedStack
+from tests.e2e.chaos import (
+    Model,
+    prepare,
+    publish,
+    running_stack,
+    tracker_of,
+    wait_finished,
+    write_raw,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 SANDBOX_ESCAPES = (
@@ -79,8 +88,8 @@ def test_a_canary_api_key_used_for_a_whole_run_is_found_nowhere(tmp_path: Path) 
     assert [name for name, text in metrics.items() if canary in text] == []
 
 
-def publish_cli(data: Path, nats_url: str, *args: str):
-    return CliRunner().invoke(app, ["publish", "--data", str(data), *args], env={"NATS_URL": nats_url})
+def publish_cli(data: Path, stack: EmbeddedStack, *args: str):
+    return CliRunner().invoke(app, ["publish", "--data", str(data), *args], env=stack.client_env())
 
 
 async def stream_message_counts(nats_url: str) -> dict[str, int]:
@@ -109,14 +118,14 @@ def test_sandbox_escapes_and_path_ids_are_refused_at_publish_and_nothing_is_writ
         written = files_publish_could_write(data)
         for escape in SANDBOX_ESCAPES:
             template.write_text(f"Connect these ideas:\n{escape}\n{original}", encoding="utf-8")
-            result = publish_cli(data, stack.nats_url, "--experiment-id", "escape")
+            result = publish_cli(data, stack, "--experiment-id", "escape")
             assert result.exit_code == 2, (escape, result.output)
             assert "generation_templates/essay.txt line 2" in result.output, (escape, result.output)
             assert "sandbox" in result.output or "unsafe" in result.output, (escape, result.output)
             assert "Nothing was written" in result.output
         template.write_text(original, encoding="utf-8")
         for unsafe in UNSAFE_IDS:
-            result = publish_cli(data, stack.nats_url, "--experiment-id", unsafe)
+            result = publish_cli(data, stack, "--experiment-id", unsafe)
             assert result.exit_code == 2, (unsafe, result.output)
             assert f"'{unsafe}' is not a safe id" in result.output, (unsafe, result.output)
         after = asyncio.run(stream_message_counts(stack.nats_url))

@@ -221,7 +221,7 @@ def test_rerun_failed_republishes_what_failed_and_it_then_succeeds(workers: Embe
         time.sleep(0.2)
 
     result = CliRunner().invoke(app, ["rerun", "rerun", "--failed", "--data", str(workers.data)],
-                                env={"NATS_URL": workers.nats_url})
+                                env=workers.client_env())
     assert result.exit_code == 0, result.output
     assert "republished 1 task(s)" in result.output
     events = asyncio.run(read_events(workers.nats_url, "dd.generation.done", done_for("rerun", 1)))

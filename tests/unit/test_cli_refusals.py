@@ -36,7 +36,7 @@ def data(tmp_path: Path) -> Path:
 def test_an_unsafe_id_is_refused_before_anything_is_read(data: Path, command: list[str]) -> None:
     outcome = invoke(*command, "--data", str(data))
     assert outcome.exit_code == 2, outcome.output
-    assert "is not a valid id" in outcome.output
+    assert "is not a safe id" in outcome.output
     assert not (data / "daydream.db").exists() and not (data / "experiments").exists()
 
 
