@@ -6,7 +6,9 @@ experiment asking the identical question) finds the answer instead of paying for
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 
 from nats.js import JetStreamContext
@@ -15,6 +17,7 @@ from nats.js.errors import InvalidKeyError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from shared.events import CallRecord
+from shared.nats_cluster import TRANSIENT_NATS_ERRORS
 from shared.settings import Settings
 from shared.topology import ensure_bucket
 
@@ -27,6 +30,9 @@ def _valid_key(request_hash: str) -> Iterator[None]:
         raise ValueError(
             f"request hash {request_hash!r} is not a valid NATS KV key: use shared.llm.request_hash() to build it"
         ) from error
+
+
+PUT_PATIENCE_S = 30.0
 
 
 class ResponseStore:
@@ -48,6 +54,18 @@ class ResponseStore:
         return CallRecord.model_validate_json(entry.value).model_copy(update={"cached": True})
 
     async def put(self, record: CallRecord) -> None:
-        stored = record.model_copy(update={"cached": False})
-        with _valid_key(record.request_hash):
-            await self._kv.put(record.request_hash, stored.model_dump_json().encode("utf-8"))
+        """Keeps trying through a leader election (up to `PUT_PATIENCE_S`): an answer that is not
+        stored is an answer paid for twice when the task comes back."""
+        stored = record.model_copy(update={"cached": False}).model_dump_json().encode("utf-8")
+        deadline = time.monotonic() + PUT_PATIENCE_S
+        delay_s = 0.25
+        while True:
+            try:
+                with _valid_key(record.request_hash):
+                    await self._kv.put(record.request_hash, stored)
+                return
+            except TRANSIENT_NATS_ERRORS:
+                if time.monotonic() + delay_s > deadline:
+                    raise
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 4.0)

@@ -128,7 +128,8 @@ class LLMWorker:
                     task=task,
                 )
             )
-        await self.store.put(record)
+        async with _heartbeats(heartbeat, self.settings.heartbeat_s):
+            await self.store.put(record)
         if self.settings.chaos_exit_after_store:
             os._exit(70)
         metrics.observe_llm_call(task.stage, task.model.id, task.tier.tier, record)
