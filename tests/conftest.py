@@ -63,9 +63,10 @@ async def nats_client(nats_url: str) -> AsyncIterator[nats.NATS]:
     await nc.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """A database of our own on the PostgreSQL at 127.0.0.1:5432 (or DAYDREAM_TEST_POSTGRES)."""
+    """A database of this test's own on the PostgreSQL at 127.0.0.1:5432 (or DAYDREAM_TEST_POSTGRES):
+    tests that share one see each other's rows."""
     import sqlalchemy
 
     admin_url = os.environ.get("DAYDREAM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
