@@ -233,15 +233,16 @@ class EmbeddedStack:
             "DAYDREAM_METRICS_PORT": str(self.ports[name]),
         })
         env.pop("NATS_URL", None)
-        if self.llm_base_url:
-            env["DAYDREAM_LLM_BASE_URL"] = self.llm_base_url
-        env["DAYDREAM_LLM_SIMULATED"] = "true" if self.fake_llm else "false"
+        env.update(self._endpoint_env())
         return env
 
     def client_env(self) -> dict[str, str]:
         """What a `daydream` command run elsewhere needs to publish into this stack as its workers
         serve it: the NATS URL and the same endpoint, so the experiment is bound to it."""
-        env = {"NATS_URL": self.nats_url, "DAYDREAM_LLM_SIMULATED": "true" if self.fake_llm else "false"}
+        return {"NATS_URL": self.nats_url, **self._endpoint_env()}
+
+    def _endpoint_env(self) -> dict[str, str]:
+        env = {"DAYDREAM_LLM_SIMULATED": "true" if self.fake_llm else "false"}
         if self.llm_base_url:
             env["DAYDREAM_LLM_BASE_URL"] = self.llm_base_url
         return env
