@@ -235,7 +235,7 @@ async def _read_subject(nats_url: str, subject: str) -> list[dict[str, Any]]:
         while len(events) < pending:
             try:
                 batch = await sub.fetch(500, timeout=2)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 break
             events.extend(json.loads(msg.data) for msg in batch)
         return events

@@ -59,7 +59,7 @@ def seconds_per_bucket(series: list[tuple[float, int]], total: int) -> list[floa
             break
         crossings.append(moment)
     starts = [series[0][0], *crossings[:-1]]
-    return [round(end - start, 2) for start, end in zip(starts, crossings)]
+    return [round(end - start, 2) for start, end in zip(starts, crossings, strict=True)]
 
 
 def main() -> None:

@@ -115,7 +115,7 @@ class NatsServer:
         ]
         if self.config_file:
             command += ["-c", str(self.config_file)]
-        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True,
                                         pass_fds=self.pass_fds)
         _wait_for_port(self.port, self.process, timeout_s)

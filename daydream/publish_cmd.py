@@ -15,16 +15,12 @@ from rich.console import Console
 from daydream import options
 from daydream.plan_cmd import load_or_exit, write_plan
 from daydream.stack import StackState, usable_stack
-from shared.events import (
-    EXPERIMENT_REQUESTED,
-    ExperimentRequested,
-    ExperimentSpec,
-    message_id,
-)
+from shared.events import ExperimentRequested, ExperimentSpec
 from shared.ids import is_safe_id
 from shared.inputs import SPEC_FILE
 from shared.llm import SIMULATED_ENDPOINT, endpoint_identity
 from shared.nats_cluster import server_urls, without_credentials
+from shared.service import publish_from_client
 from shared.settings import Settings
 from shared.topology import ensure_topology
 
@@ -86,8 +82,7 @@ async def publish_experiment(settings: Settings, spec: ExperimentSpec) -> None:
     try:
         js = nc.jetstream()
         await ensure_topology(js, settings, spec.tiers)
-        await js.publish(EXPERIMENT_REQUESTED, ExperimentRequested(spec=spec).model_dump_json().encode(),
-                         headers={"Nats-Msg-Id": message_id("requested", spec.experiment_id)})
+        await publish_from_client(js, ExperimentRequested(spec=spec))
     finally:
         await nc.close()
 

@@ -17,10 +17,11 @@ from daydream.publish_cmd import bound_endpoint, snapshot_spec
 from daydream.run_cmd import configured_endpoint, on_a_stack, stack_or_lock
 from services.tracker.db import init_db, make_engine
 from services.tracker.views import RecordedResults, Views
-from shared.events import ExperimentSpec, TaskCreated, message_id, task_subject
+from shared.events import ExperimentSpec, TaskCreated, message_id
 from shared.llm import endpoint_identity
 from shared.nats_cluster import server_urls
 from shared.prompts import TemplateProblem
+from shared.service import publish_from_client
 from shared.settings import Settings
 from shared.tasks import evaluation_tasks, generation_tasks
 
@@ -62,8 +63,7 @@ async def republish_tasks(settings: Settings, tasks: list[TaskCreated]) -> None:
     try:
         js = nc.jetstream()
         for task in tasks:
-            await js.publish(task_subject(task.stage, task.tier.tier), task.model_dump_json().encode(),
-                             headers={"Nats-Msg-Id": message_id(stamp, task.experiment_id, task.task_id)})
+            await publish_from_client(js, task, msg_id=message_id(stamp, task.experiment_id, task.task_id))
     finally:
         await nc.close()
 

@@ -13,11 +13,11 @@ from daydream import options
 from daydream.stack import stack_running, usable_stack
 from services.tracker.check import check as find_problems
 from services.tracker.db import OutdatedSchema, engine_for, init_db
+from services.tracker.progress import Progress
 from services.tracker.rebuild import RebuildError
 from services.tracker.rebuild import rebuild as rebuild_from_artifacts
-from services.tracker.progress import Progress
-from services.tracker.views import Views
 from services.tracker.summaries import latest_experiment_id, render_results_table, write_results
+from services.tracker.views import Views
 
 console = Console()
 

@@ -36,8 +36,8 @@ from daydream.stack import (
 from services.tracker.db import init_db, make_engine
 from services.tracker.progress import PROGRESS_STAGES
 from services.tracker.progress import Progress as ExperimentProgress
-from services.tracker.views import Views
 from services.tracker.summaries import render_results_table, write_results
+from services.tracker.views import Views
 from shared.events import TierSpec
 from shared.llm import endpoint_identity
 from shared.settings import OPENROUTER_BASE_URL, Settings

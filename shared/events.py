@@ -5,12 +5,14 @@ Every message is self-contained: a worker never needs a file or a database to ac
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 SCHEMA_VERSION = 1
+"""Bumped only by a change old readers cannot take (a field removed or its meaning changed);
+adding a field never bumps it, since every reader ignores fields it does not know."""
 
 Stage = Literal["generation", "evaluation"]
 STAGES: tuple[Stage, ...] = ("generation", "evaluation")
@@ -22,16 +24,37 @@ SafeId = Annotated[str, StringConstraints(pattern=SAFE_ID_REGEX)]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Contract(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """On the wire, unknown fields are ignored: a service still on older code keeps working when a
+    newer one adds a field. User inputs are checked strictly where they are read (`shared.inputs`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class NewerSchema(ValueError):
+    """A message written by a DayDream whose contract this one cannot read."""
 
 
 class Event(Contract):
     schema_version: int = SCHEMA_VERSION
     emitted_at: datetime = Field(default_factory=utcnow)
+
+    subject: ClassVar[str] = ""
+    message_kind: ClassVar[str] = ""
+    """The `Nats-Msg-Id` prefix: one kind per event type, so two event types never dedup each other."""
+
+    def subject_name(self) -> str:
+        return self.subject
+
+    def message_id(self) -> str:
+        """Deterministic `Nats-Msg-Id`: the server drops a republished copy inside its window."""
+        return message_id(self.message_kind, *self.identity())
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.experiment_id, self.task_id)
 
 
 # ---- the selection an experiment runs on ---------------------------------------------------
@@ -120,7 +143,12 @@ class CallParameters(Contract):
 
 
 class ExperimentRequested(Event):
+    subject: ClassVar[str] = "dd.experiment.requested"
+    message_kind: ClassVar[str] = "requested"
     spec: ExperimentSpec
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.spec.experiment_id,)
 
 
 class ComboPlanned(Contract):
@@ -129,6 +157,8 @@ class ComboPlanned(Contract):
 
 
 class ExperimentPlanned(Event):
+    subject: ClassVar[str] = "dd.experiment.planned"
+    message_kind: ClassVar[str] = "planned"
     experiment_id: SafeId
     name: str
     k_max: int
@@ -140,10 +170,12 @@ class ExperimentPlanned(Event):
     tasks_by_tier: dict[str, dict[str, int]]
     """stage -> tier -> planned task count."""
 
+    def identity(self) -> tuple[str, ...]:
+        return (self.experiment_id,)
 
-class TaskCreated(Event):
-    """One LLM call to make. Generation and evaluation tasks share the shape; evaluation fields
-    are set only for evaluation tasks."""
+
+class TaskBase(Event):
+    """One LLM call to make; what both stages' tasks share."""
 
     stage: Stage
     experiment_id: SafeId
@@ -160,13 +192,32 @@ class TaskCreated(Event):
     generation_template_id: SafeId
     generation_model_id: SafeId
     generation_task_id: SafeId
+
+    def subject_name(self) -> str:
+        return task_subject(self.stage, self.tier.tier)
+
+
+class GenerationTask(TaskBase):
+    message_kind: ClassVar[str] = "gen"
+    stage: Literal["generation"] = "generation"
     evaluation_plan: EvaluationPlan | None = None
-    evaluation_template_id: SafeId | None = None
-    evaluation_model_id: SafeId | None = None
-    parser: str | None = None
-    max_score: int | None = None
+    """What the evaluator fans out to once this generation is done (not kept in artifacts)."""
+
+
+class EvaluationTask(TaskBase):
+    message_kind: ClassVar[str] = "eval-task"
+    stage: Literal["evaluation"] = "evaluation"
+    evaluation_template_id: SafeId
+    evaluation_model_id: SafeId
+    parser: str
+    max_score: int
     allow_decimals: bool = False
     generation_truncated: bool = False
+
+
+TaskCreated = Annotated[GenerationTask | EvaluationTask, Field(discriminator="stage")]
+TASK_CREATED: TypeAdapter[GenerationTask | EvaluationTask] = TypeAdapter(TaskCreated)
+"""Reads a task of either stage; its `stage` says which."""
 
 
 class CallRecord(Contract):
@@ -191,18 +242,30 @@ class CallRecord(Contract):
     finished_at: datetime
 
 
-class GenerationDone(Event):
-    task: TaskCreated
+class _TaskOutcome(Event):
+    def identity(self) -> tuple[str, ...]:
+        task = self.task
+        return (task.experiment_id, task.task_id)
+
+
+class GenerationDone(_TaskOutcome):
+    subject: ClassVar[str] = "dd.generation.done"
+    message_kind: ClassVar[str] = "gen-done"
+    task: GenerationTask
     call: CallRecord
 
 
-class EvaluationDone(Event):
-    task: TaskCreated
+class EvaluationDone(_TaskOutcome):
+    subject: ClassVar[str] = "dd.evaluation.done"
+    message_kind: ClassVar[str] = "eval-done"
+    task: EvaluationTask
     call: CallRecord
 
 
-class EvaluationScored(Event):
-    task: TaskCreated
+class EvaluationScored(_TaskOutcome):
+    subject: ClassVar[str] = "dd.evaluation.scored"
+    message_kind: ClassVar[str] = "scored"
+    task: EvaluationTask
     parser: str
     score: float | None
     parse_error: str | None = None
@@ -211,6 +274,8 @@ class EvaluationScored(Event):
 
 
 class TaskFailed(Event):
+    subject: ClassVar[str] = "dd.task.failed"
+    message_kind: ClassVar[str] = "failed"
     stage: str
     experiment_id: SafeId
     task_id: SafeId
@@ -231,12 +296,12 @@ experiment does not judge truncated generations: a choice, counted as skipped, n
 # ---- subjects ----------------------------------------------------------------------------
 
 TASK_CREATED_PREFIX = "dd.task.created."
-EXPERIMENT_REQUESTED = "dd.experiment.requested"
-EXPERIMENT_PLANNED = "dd.experiment.planned"
-GENERATION_DONE = "dd.generation.done"
-EVALUATION_DONE = "dd.evaluation.done"
-EVALUATION_SCORED = "dd.evaluation.scored"
-TASK_FAILED = "dd.task.failed"
+EXPERIMENT_REQUESTED = ExperimentRequested.subject
+EXPERIMENT_PLANNED = ExperimentPlanned.subject
+GENERATION_DONE = GenerationDone.subject
+EVALUATION_DONE = EvaluationDone.subject
+EVALUATION_SCORED = EvaluationScored.subject
+TASK_FAILED = TaskFailed.subject
 TASK_CREATED_WILDCARD = TASK_CREATED_PREFIX + ">"
 EVENT_SUBJECTS = (
     EXPERIMENT_REQUESTED,
@@ -252,6 +317,19 @@ def task_subject(stage: Stage, tier: str) -> str:
     return f"{TASK_CREATED_PREFIX}{stage}.{tier}"
 
 
-def message_id(kind: str, experiment_id: str, task_id: str = "") -> str:
-    """Deterministic `Nats-Msg-Id`: the server drops a republished copy inside its window."""
-    return f"{kind}:{experiment_id}:{task_id}" if task_id else f"{kind}:{experiment_id}"
+def message_id(kind: str, *identity: str) -> str:
+    return ":".join((kind, *identity))
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_event(model: type[ModelT] | TypeAdapter[ModelT], body: bytes | str) -> ModelT:
+    """Read a message of `model`'s type; one from a newer, incompatible contract is refused by
+    name rather than misread."""
+    event = model.validate_json(body) if isinstance(model, TypeAdapter) else model.model_validate_json(body)
+    version = getattr(event, "schema_version", SCHEMA_VERSION)
+    if version > SCHEMA_VERSION:
+        raise NewerSchema(f"{type(event).__name__} has schema_version {version}; this DayDream reads up to "
+                          f"{SCHEMA_VERSION}: upgrade it")
+    return event

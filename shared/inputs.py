@@ -187,13 +187,36 @@ def snapshot_experiment(loaded: LoadedExperiment, experiment_dir: Path) -> None:
     differing = [
         name
         for name, content in files.items()
-        if not (experiment_dir / name).is_file() or (experiment_dir / name).read_text(encoding="utf-8") != content
+        if not (experiment_dir / name).is_file()
+        or not _same_snapshot_content(name, (experiment_dir / name).read_text(encoding="utf-8"), content)
     ]
     if differing:
         raise SnapshotConflict(
             f"{experiment_dir} already holds a different selection (differs in {', '.join(differing)}); "
             "choose a new experiment id, or restore the inputs that experiment ran on"
         )
+
+
+def _same_snapshot_content(name: str, recorded: str, current: str) -> bool:
+    """Compared as what they mean, not as text: a snapshot written before a field or a column was
+    added (and so without it) is the same selection when everything it did record agrees and the
+    additions hold their defaults."""
+    if name == SPEC_FILE:
+        return ExperimentSpec.model_validate_json(recorded) == ExperimentSpec.model_validate_json(current)
+    if name.endswith(".json"):
+        return bool(json.loads(recorded) == json.loads(current))
+    if name.endswith(".csv"):
+        old_rows, new_rows = _csv_rows(recorded), _csv_rows(current)
+        return len(old_rows) == len(new_rows) and all(
+            all(new.get(column, "") == value for column, value in old.items())
+            and all(old.get(column, "") == value for column, value in new.items() if column not in old and value)
+            for old, new in zip(old_rows, new_rows, strict=True)
+        )
+    return recorded == current
+
+
+def _csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 def _snapshot_files(loaded: LoadedExperiment) -> dict[str, str]:

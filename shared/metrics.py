@@ -166,7 +166,7 @@ async def refresh_consumer_gauges(js: JetStreamContext, specs: Iterable[Consumer
     for spec in specs:
         try:
             record_consumer_info(await js.consumer_info(spec.stream, spec.durable))
-        except Exception as error:  # noqa: BLE001 - a monitoring read must never stop the service
+        except Exception as error:
             log.warning("consumer info for %s/%s unavailable: %s", spec.stream, spec.durable, error)
 
 

@@ -16,10 +16,11 @@ from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 from faststream.exceptions import NackMessage, RejectMessage
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from pydantic import BaseModel, ValidationError
+from nats.js import JetStreamContext
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared import metrics
-from shared.events import TASK_CREATED_PREFIX, TASK_FAILED, TaskFailed, message_id
+from shared.events import TASK_CREATED_PREFIX, Event, NewerSchema, TaskFailed, parse_event
 from shared.lifecycle import BackgroundTasks
 from shared.nats_cluster import TRANSIENT_NATS_ERRORS, cluster_retry_delay_s, server_urls
 from shared.settings import Settings
@@ -83,15 +84,18 @@ def subscribe(
     _bound_consumers.setdefault(broker, []).append(spec)
 
 
-async def decode(broker: NatsBroker, msg: NatsMessage, model: type[EventT], *, stage: str) -> EventT:
+async def decode(broker: NatsBroker, msg: NatsMessage, model: type[EventT] | TypeAdapter[EventT], *,
+                 stage: str) -> EventT:
     """Parse a message body, or record it as a failure and terminate it: a malformed payload must
     never be redelivered forever, nor silently dropped."""
     try:
-        return model.model_validate_json(msg.body)
+        return parse_event(model, msg.body)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        problem = f"{model.__name__} expected: {error.error_count()} problem(s), first: {where} {first['msg']}"
+        problem = f"{_name_of(model)} expected: {error.error_count()} problem(s), first: {where} {first['msg']}"
+    except NewerSchema as error:
+        problem = str(error)
     sequence = msg.raw_message.metadata.sequence.stream if msg.raw_message.metadata else 0
     task_id = "poison-" + re.sub(r"[^A-Za-z0-9_-]", "-", msg.raw_message.subject) + f"-{sequence}"
     failure = TaskFailed(
@@ -106,19 +110,32 @@ async def decode(broker: NatsBroker, msg: NatsMessage, model: type[EventT], *, s
     await give_up(broker, failure)
 
 
+def _name_of(model: type[BaseModel] | TypeAdapter) -> str:
+    return "TaskCreated" if isinstance(model, TypeAdapter) else model.__name__
+
+
 async def give_up(broker: NatsBroker, failure: TaskFailed) -> NoReturn:
     """Record why a message is given up on, then terminate it so JetStream never redelivers it."""
-    await publish(broker, TASK_FAILED, failure, message_id("failed", failure.experiment_id, failure.task_id))
+    await publish(broker, failure)
     metrics.observe_task_failed(failure.stage, failure.reason)
     raise RejectMessage()
 
 
-async def publish(broker: NatsBroker, subject: str, event: BaseModel, msg_id: str) -> None:
-    """Publish into JetStream and wait for the server's ack; the id makes a repeat a no-op."""
-    await broker.publish(event, subject, headers={"Nats-Msg-Id": msg_id}, stream=_stream_for(subject))
+async def publish(broker: NatsBroker, event: Event) -> None:
+    """Publish into JetStream and wait for the server's ack; the event's own message id makes a
+    repeat a no-op."""
+    subject = event.subject_name()
+    await broker.publish(event, subject, headers={"Nats-Msg-Id": event.message_id()}, stream=stream_for(subject))
 
 
-def _stream_for(subject: str) -> str:
+async def publish_from_client(js: JetStreamContext, event: Event, *, msg_id: str | None = None) -> None:
+    """The CLI's way to publish, without a FastStream broker; `msg_id` overrides the event's own
+    id only when a repeat must get through the dedup window (a rerun)."""
+    await js.publish(event.subject_name(), event.model_dump_json().encode(),
+                     headers={"Nats-Msg-Id": msg_id or event.message_id()}, stream=stream_for(event.subject_name()))
+
+
+def stream_for(subject: str) -> str:
     return TASKS_STREAM if subject.startswith(TASK_CREATED_PREFIX) else EVENTS_STREAM
 
 
@@ -169,12 +186,12 @@ async def jetstream(broker: NatsBroker):
 
 async def publish_all(
     broker: NatsBroker,
-    outgoing: Sequence[tuple[str, BaseModel, str]],
+    outgoing: Sequence[Event],
     heartbeat: Callable[[], Awaitable[None]],
     chunk: int = 200,
 ) -> None:
     """Publish many messages with bounded concurrency, telling JetStream between chunks that the
     message that caused them is still being worked on."""
     for start in range(0, len(outgoing), chunk):
-        await asyncio.gather(*(publish(broker, *item) for item in outgoing[start:start + chunk]))
+        await asyncio.gather(*(publish(broker, event) for event in outgoing[start:start + chunk]))
         await heartbeat()

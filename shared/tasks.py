@@ -16,10 +16,11 @@ from shared.events import (
     ComboPlanned,
     ConceptSpec,
     EvaluationPlan,
+    EvaluationTask,
     EvaluationTemplateSpec,
     ExperimentSpec,
+    GenerationTask,
     ModelSpec,
-    TaskCreated,
     TierSpec,
 )
 from shared.ids import combo_id, evaluation_task_id, generation_task_id
@@ -31,7 +32,7 @@ class PlannedEvaluation:
     """One evaluation a generation will get, known before its text exists (for the plan tables)."""
 
     task_id: str
-    generation: TaskCreated
+    generation: GenerationTask
     template: EvaluationTemplateSpec
     model: ModelSpec
     tier: TierSpec
@@ -56,7 +57,7 @@ def combinations(spec: ExperimentSpec) -> list[ComboPlanned]:
     ]
 
 
-def generation_tasks(spec: ExperimentSpec) -> list[TaskCreated]:
+def generation_tasks(spec: ExperimentSpec) -> list[GenerationTask]:
     """combos x generation templates x generation models x replicates, prompts rendered."""
     concepts = {concept.concept_id: concept for concept in spec.concepts}
     plan = EvaluationPlan(
@@ -76,8 +77,7 @@ def generation_tasks(spec: ExperimentSpec) -> list[TaskCreated]:
                         combo.combo_id, template.template_id, model.id, replicate, spec.replicates
                     )
                     tasks.append(
-                        TaskCreated(
-                            stage="generation",
+                        GenerationTask(
                             experiment_id=spec.experiment_id,
                             task_id=task_id,
                             tier=tier_of(model, spec.tiers),
@@ -97,7 +97,7 @@ def generation_tasks(spec: ExperimentSpec) -> list[TaskCreated]:
     return tasks
 
 
-def planned_evaluations(generation: TaskCreated) -> list[PlannedEvaluation]:
+def planned_evaluations(generation: GenerationTask) -> list[PlannedEvaluation]:
     """The evaluations the generation's plan asks for: evaluation templates x evaluation models."""
     plan = generation.evaluation_plan
     if plan is None:
@@ -115,14 +115,13 @@ def planned_evaluations(generation: TaskCreated) -> list[PlannedEvaluation]:
     ]
 
 
-def evaluation_tasks(generation: TaskCreated, response_text: str, truncated: bool) -> list[TaskCreated]:
+def evaluation_tasks(generation: GenerationTask, response_text: str, truncated: bool) -> list[EvaluationTask]:
     """Judge tasks for one finished generation; none for a truncated one unless the plan says so."""
     plan = generation.evaluation_plan
     if plan is None or (truncated and not plan.evaluate_truncated):
         return []
     return [
-        TaskCreated(
-            stage="evaluation",
+        EvaluationTask(
             experiment_id=generation.experiment_id,
             task_id=planned.task_id,
             tier=planned.tier,
@@ -165,11 +164,15 @@ def planned_counts(spec: ExperimentSpec) -> PlannedCounts:
     )
 
 
+class UndefinedTier(ValueError):
+    """A model names a tier the experiment does not define: the selection cannot be planned."""
+
+
 def tier_of(model: ModelSpec, tiers: list[TierSpec]) -> TierSpec:
     for tier in tiers:
         if tier.tier == model.tier:
             return tier
-    raise ValueError(f"model '{model.id}' uses tier '{model.tier}', which the experiment does not define")
+    raise UndefinedTier(f"model '{model.id}' uses tier '{model.tier}', which the experiment does not define")
 
 
 def replicate_seed(seed: int | None, replicate: int) -> int | None:

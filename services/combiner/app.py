@@ -2,15 +2,8 @@
 
 from faststream.nats import NatsMessage
 
-from services.combiner.planning import plan_experiment
-from shared.events import (
-    EXPERIMENT_PLANNED,
-    ExperimentRequested,
-    TaskFailed,
-    message_id,
-    task_subject,
-)
-from shared.prompts import TemplateProblem
+from services.combiner.planning import PLANNING_PROBLEMS, plan_experiment
+from shared.events import ExperimentRequested, TaskFailed
 from shared.service import decode, give_up, jetstream, make_app, make_broker, publish, publish_all, subscribe
 from shared.settings import get_settings
 from shared.topology import COMBINER_CONSUMER, ensure_service_topology, find_reader
@@ -24,16 +17,12 @@ async def plan(msg: NatsMessage) -> None:
     spec = requested.spec
     try:
         planned, tasks = plan_experiment(spec)
-    except (ValueError, TemplateProblem) as error:
+    except PLANNING_PROBLEMS as error:
         failure = TaskFailed(stage="planning", experiment_id=spec.experiment_id, task_id="plan",
                              reason="invalid_experiment", message=str(error), attempts=1)
         await give_up(broker, failure)
-    await publish(broker, EXPERIMENT_PLANNED, planned, message_id("planned", spec.experiment_id))
-    await publish_all(
-        broker,
-        [(task_subject("generation", t.tier.tier), t, message_id("gen", t.experiment_id, t.task_id)) for t in tasks],
-        heartbeat=msg.in_progress,
-    )
+    await publish(broker, planned)
+    await publish_all(broker, tasks, heartbeat=msg.in_progress)
 
 
 async def startup() -> None:

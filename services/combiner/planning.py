@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.events import ComboPlanned, ExperimentPlanned, ExperimentSpec, TaskCreated
+from shared.events import ComboPlanned, ExperimentPlanned, ExperimentSpec, GenerationTask
 from shared.files import atomic_write_bytes, atomic_write_text, csv_text
 from shared.ids import COMBO_ID_VERSION
-from shared.tasks import PlannedEvaluation, combinations, generation_tasks, planned_counts
+from shared.prompts import TemplateProblem
+from shared.tasks import PlannedEvaluation, UndefinedTier, combinations, generation_tasks, planned_counts
+
+PLANNING_PROBLEMS = (UndefinedTier, TemplateProblem)
+"""What makes a requested experiment unplannable: recorded as `invalid_experiment`. Anything else
+is a bug and is left to crash loudly."""
 
 COMBO_MAPPINGS_COLUMNS = ("combo_id", "version", "concept_id", "description_level", "k_max", "created_at")
 CONTENT_COMBINATIONS_COLUMNS = ("combo_id", "concept_id")
@@ -45,7 +50,7 @@ class ComboRegistryProblem(Exception):
     would mix different combos), or a file that is not a registry any more."""
 
 
-def plan_experiment(spec: ExperimentSpec) -> tuple[ExperimentPlanned, list[TaskCreated]]:
+def plan_experiment(spec: ExperimentSpec) -> tuple[ExperimentPlanned, list[GenerationTask]]:
     tasks = generation_tasks(spec)
     counts = planned_counts(spec)
     planned = ExperimentPlanned(
@@ -68,7 +73,7 @@ def new_combo_mappings(
     """The registry rows these combos still need. Every combo is checked before the caller writes
     anything, so a collision leaves every file untouched."""
     recorded = _recorded_combos(path)
-    created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created_at = datetime.now(UTC).isoformat(timespec="seconds")
     new_rows = []
     for combo in combos:
         members = (tuple(sorted(combo.concept_ids)), description_level, str(k_max))
@@ -110,7 +115,7 @@ def append_combo_mappings(path: Path, rows: list[dict[str, Any]]) -> int:
 def write_task_tables(
     tasks_dir: Path,
     plan: ExperimentPlanned,
-    generations: list[TaskCreated],
+    generations: list[GenerationTask],
     evaluations: list[PlannedEvaluation],
 ) -> None:
     """DIR/2_tasks: combos, generation tasks and evaluation tasks (linked by generation_task_id)."""

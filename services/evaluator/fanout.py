@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
-from shared.events import (
-    SKIPPED_TRUNCATED_GENERATION,
-    TASK_FAILED,
-    GenerationDone,
-    TaskFailed,
-    message_id,
-    task_subject,
-)
+from shared.events import SKIPPED_TRUNCATED_GENERATION, EvaluationTask, GenerationDone, TaskFailed
 from shared.prompts import TemplateProblem
 from shared.tasks import evaluation_tasks, planned_evaluations
 
-Outgoing = tuple[str, BaseModel, str]
+Outgoing = EvaluationTask | TaskFailed
 
 
 def evaluation_messages(done: GenerationDone) -> list[Outgoing]:
@@ -29,10 +20,7 @@ def evaluation_messages(done: GenerationDone) -> list[Outgoing]:
         return _unevaluated(done, "template_error", f"an evaluation template failed on the text of generation "
                             f"{done.task.task_id}: {problem.message} ({problem.fix})")
     if tasks or not done.call.truncated:
-        return [
-            (task_subject("evaluation", task.tier.tier), task, message_id("eval-task", task.experiment_id, task.task_id))
-            for task in tasks
-        ]
+        return list(tasks)
     return _unevaluated(
         done,
         SKIPPED_TRUNCATED_GENERATION,
@@ -43,19 +31,15 @@ def evaluation_messages(done: GenerationDone) -> list[Outgoing]:
 
 def _unevaluated(done: GenerationDone, reason: str, message: str) -> list[Outgoing]:
     return [
-        (
-            TASK_FAILED,
-            TaskFailed(
-                stage="evaluation",
-                experiment_id=done.task.experiment_id,
-                task_id=planned.task_id,
-                reason=reason,
-                message=message,
-                attempts=0,
-                tier=planned.tier.tier,
-                model_id=planned.model.id,
-            ),
-            message_id("failed", done.task.experiment_id, planned.task_id),
+        TaskFailed(
+            stage="evaluation",
+            experiment_id=done.task.experiment_id,
+            task_id=planned.task_id,
+            reason=reason,
+            message=message,
+            attempts=0,
+            tier=planned.tier.tier,
+            model_id=planned.model.id,
         )
         for planned in planned_evaluations(done.task)
     ]

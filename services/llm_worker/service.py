@@ -7,14 +7,7 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from services.llm_worker.response_store import ResponseStore
 from services.llm_worker.worker import Completed, GaveUp, LLMWorker, RetryLater
-from shared.events import (
-    EVALUATION_DONE,
-    GENERATION_DONE,
-    EvaluationDone,
-    GenerationDone,
-    TaskCreated,
-    message_id,
-)
+from shared.events import TASK_CREATED, CallRecord, EvaluationDone, EvaluationTask, GenerationDone, GenerationTask
 from shared.llm import LLMClient
 from shared.service import (
     decode,
@@ -28,28 +21,27 @@ from shared.service import (
 from shared.settings import Settings
 from shared.topology import ensure_service_topology
 
-DONE_EVENTS = {
-    "generation": (GENERATION_DONE, GenerationDone, "gen-done"),
-    "evaluation": (EVALUATION_DONE, EvaluationDone, "eval-done"),
-}
-
 
 async def run_task(broker: NatsBroker, worker: LLMWorker, msg: NatsMessage, stage: str) -> None:
     """Publish the result then ack; nak with a delay to retry; after the last attempt publish
     `TaskFailed` and terminate. The response is stored before any of this, so a redelivery
     never pays twice."""
-    task = await decode(broker, msg, TaskCreated, stage=stage)
+    task = await decode(broker, msg, TASK_CREATED, stage=stage)
     verdict = await worker.run(task, delivery_attempt(msg), heartbeat=msg.in_progress)
     if isinstance(verdict, Completed):
-        subject, event_type, kind = DONE_EVENTS[task.stage]
-        await publish(broker, subject, event_type(task=task, call=verdict.record),
-                      message_id(kind, task.experiment_id, task.task_id))
+        await publish(broker, done_event(task, verdict.record))
         return
     if isinstance(verdict, RetryLater):
         log.warning("%s task %s of %s: %s", stage, task.task_id, task.experiment_id, verdict.reason)
         raise NackMessage(delay=verdict.delay_s)
     assert isinstance(verdict, GaveUp)
     await give_up(broker, verdict.failure)
+
+
+def done_event(task: GenerationTask | EvaluationTask, record: CallRecord) -> GenerationDone | EvaluationDone:
+    if isinstance(task, GenerationTask):
+        return GenerationDone(task=task, call=record)
+    return EvaluationDone(task=task, call=record)
 
 
 class LLMWorkers:

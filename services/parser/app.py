@@ -5,7 +5,7 @@ from faststream.nats import NatsMessage
 from services.parser.evaluation import score_evaluation
 from services.parser.scoring import reason_code
 from shared import metrics
-from shared.events import EVALUATION_SCORED, EvaluationDone, message_id
+from shared.events import EvaluationDone
 from shared.service import decode, jetstream, make_app, make_broker, publish, subscribe
 from shared.settings import get_settings
 from shared.topology import PARSER_CONSUMER, ensure_service_topology, find_reader
@@ -18,7 +18,7 @@ async def score(msg: NatsMessage) -> None:
     done = await decode(broker, msg, EvaluationDone, stage="scoring")
     scored = score_evaluation(done)
     metrics.observe_score(scored.parser, reason_code(scored.parse_error) or "ok")
-    await publish(broker, EVALUATION_SCORED, scored, message_id("scored", done.task.experiment_id, done.task.task_id))
+    await publish(broker, scored)
 
 
 async def startup() -> None:

@@ -412,7 +412,7 @@ def _choose_verdict(
     ends = [(s.line_number, s.end) for s in statements]
     first_end = min(ends)
     cut = max((revision for revision in revisions if revision > first_end), default=None)
-    current = [s for s, end in zip(statements, ends) if cut is None or end > cut]
+    current = [s for s, end in zip(statements, ends, strict=True) if cut is None or end > cut]
     considered = current or statements
     strongest = max(s.strength for s in considered)
     chosen = [s for s in considered if s.strength == strongest]

@@ -13,12 +13,6 @@ from services.tracker.lease import Lease
 from services.tracker.recorder import Tracker
 from shared import metrics
 from shared.events import (
-    EVALUATION_DONE,
-    EVALUATION_SCORED,
-    EXPERIMENT_PLANNED,
-    EXPERIMENT_REQUESTED,
-    GENERATION_DONE,
-    TASK_FAILED,
     EvaluationDone,
     EvaluationScored,
     ExperimentPlanned,
@@ -49,14 +43,15 @@ def tracker() -> Tracker:
 
 lease: list[Lease] = []
 
-RECORDERS_BY_SUBJECT = {
-    EXPERIMENT_REQUESTED: (ExperimentRequested, Tracker.record_requested),
-    EXPERIMENT_PLANNED: (ExperimentPlanned, Tracker.record_planned),
-    GENERATION_DONE: (GenerationDone, Tracker.record_generation),
-    EVALUATION_DONE: (EvaluationDone, Tracker.record_evaluation),
-    EVALUATION_SCORED: (EvaluationScored, Tracker.record_score),
-    TASK_FAILED: (TaskFailed, Tracker.record_failure),
+RECORDERS_BY_EVENT = {
+    ExperimentRequested: Tracker.record_requested,
+    ExperimentPlanned: Tracker.record_planned,
+    GenerationDone: Tracker.record_generation,
+    EvaluationDone: Tracker.record_evaluation,
+    EvaluationScored: Tracker.record_score,
+    TaskFailed: Tracker.record_failure,
 }
+RECORDERS_BY_SUBJECT = {event_type.subject: (event_type, record) for event_type, record in RECORDERS_BY_EVENT.items()}
 RECORDERS = {durable: RECORDERS_BY_SUBJECT[subject] for durable, subject in TRACKER_SUBJECTS.items()}
 """Keyed by the durable names `shared.topology` declares, so they are spelled in one place; a
 subject there without a recorder here fails at import."""

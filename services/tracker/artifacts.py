@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from services.tracker.stages import StageRegistry
-from shared.events import CallRecord, EvaluationScored, TaskCreated, TaskFailed
+from shared.events import TASK_CREATED, CallRecord, EvaluationScored, TaskCreated, TaskFailed
 from shared.files import atomic_write_text, csv_text
 
 GENERATION_DIR = "3_generation"
@@ -126,7 +126,7 @@ def kept_task_fields(task: TaskCreated) -> dict[str, Any]:
 
 def task_from_kept_fields(fields: dict[str, Any]) -> TaskCreated:
     """The task as the tracker needs it back; its prompt text lives in the prompt file."""
-    return TaskCreated.model_validate({**fields, "prompt": ""})
+    return TASK_CREATED.validate_python({**fields, "prompt": ""})
 
 
 def write_event_file(layout: Layout, experiment_id: str, name: str, event: Any) -> Path:

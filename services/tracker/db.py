@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Column, Connection, Engine, create_engine, event, insert, inspect, literal, select, text
@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.schema import CreateIndex
 from sqlmodel import Field, SQLModel
 
-from services.tracker import tables  # noqa: F401  (registers the table classes on SQLModel.metadata)
+from services.tracker import tables
 from shared.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -141,7 +141,7 @@ def _apply_migrations(engine: Engine) -> None:
                     continue
                 step(connection)
                 connection.execute(
-                    insert(SchemaMigration).values(version=version, name=name, applied_at=datetime.now(timezone.utc))
+                    insert(SchemaMigration).values(version=version, name=name, applied_at=datetime.now(UTC))
                 )
         except IntegrityError:
             pass  # applied by another process at the same moment: its transaction won

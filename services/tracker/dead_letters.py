@@ -15,7 +15,7 @@ from typing import Protocol
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
-from shared.events import TaskCreated, TaskFailed
+from shared.events import TASK_CREATED, TaskCreated, TaskFailed
 from shared.topology import TASKS_STREAM
 
 DEAD_LETTER_STAGE = "dead_letter"
@@ -89,7 +89,7 @@ def _task_of(payload: bytes | None) -> TaskCreated | None:
     `task` on the events stream (the generation or evaluation whose result was never read)."""
     if not payload:
         return None
-    for read in (TaskCreated.model_validate_json, lambda body: _CarriesTask.model_validate_json(body).task):
+    for read in (TASK_CREATED.validate_json, lambda body: _CarriesTask.model_validate_json(body).task):
         try:
             return read(payload)
         except ValidationError:

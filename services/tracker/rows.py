@@ -6,7 +6,7 @@ and by `rebuild` for each artifact file."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -32,8 +32,8 @@ from shared.ids import COMBO_ID_VERSION
 def as_utc(moment: datetime) -> datetime:
     """Aware UTC, as the tables store it; a naive time is taken to be UTC already."""
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def _earliest(*moments: datetime | None) -> datetime | None:

@@ -4,7 +4,7 @@ columns, never whole ORM rows, so they stay fast on large experiments."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,7 +15,7 @@ from services.tracker import progress as progress_counts
 from services.tracker.artifacts import Layout
 from services.tracker.progress import Progress
 from services.tracker.tables import EvaluationResult, Experiment, Failure, GenerationResult
-from shared.events import TaskCreated
+from shared.events import TASK_CREATED, TaskCreated
 
 
 class RecordedGeneration(NamedTuple):
@@ -49,7 +49,7 @@ class Views:
             experiments,
             key=lambda e: (
                 e.requested_at is None,
-                e.requested_at or datetime.min.replace(tzinfo=timezone.utc),
+                e.requested_at or datetime.min.replace(tzinfo=UTC),
                 e.experiment_id,
             ),
         )
@@ -69,7 +69,7 @@ class Views:
                 .where(Failure.experiment_id == experiment_id, Failure.resolved == False)  # noqa: E712
                 .order_by(Failure.task_id)
             ).all()
-        return [TaskCreated.model_validate(task) for task in tasks if task is not None]
+        return [TASK_CREATED.validate_python(task) for task in tasks if task is not None]
 
     def recorded_results(self, experiment_id: str) -> RecordedResults:
         with Session(self.engine) as session:

@@ -11,23 +11,18 @@ from collections.abc import Callable
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from shared.events import (
-    CallParameters,
-    ModelSpec,
-    TaskCreated,
-    TierSpec,
-    message_id,
-    task_subject,
-)
+from shared.events import CallParameters, GenerationTask, ModelSpec, TaskCreated, TierSpec
+from shared.service import publish_from_client
 from shared.topology import EVENTS_STREAM
 
 
 def generation_task(experiment_id: str, index: int, model: str, tier: TierSpec, *, prompt: str | None = None,
-                    max_tokens: int | None = None) -> TaskCreated:
+                    max_tokens: int | None = None) -> GenerationTask:
     """A generation task with no evaluation plan: only the generator is exercised."""
-    model_spec = ModelSpec(id=re.sub(r"[^A-Za-z0-9_-]", "_", model), model=model, provider="fake", tier=tier.tier, max_tokens=max_tokens)
-    return TaskCreated(
-        stage="generation", experiment_id=experiment_id, task_id=f"task{index:03d}_{model_spec.id}",
+    model_spec = ModelSpec(id=re.sub(r"[^A-Za-z0-9_-]", "_", model), model=model, provider="fake", tier=tier.tier,
+                           max_tokens=max_tokens)
+    return GenerationTask(
+        experiment_id=experiment_id, task_id=f"task{index:03d}_{model_spec.id}",
         tier=tier, model=model_spec, parameters=CallParameters(max_tokens=max_tokens),
         prompt=prompt or f"Write about idea number {index}.\n- Default Mode Network\n- Data Flywheel",
         combo_id=f"combo{index}", generation_template_id="essay", generation_model_id=model_spec.id,
@@ -38,11 +33,7 @@ def generation_task(experiment_id: str, index: int, model: str, tier: TierSpec, 
 async def publish_tasks(nats_url: str, tasks: list[TaskCreated]) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    await asyncio.gather(*(
-        js.publish(task_subject(t.stage, t.tier.tier), t.model_dump_json().encode(),
-                   headers={"Nats-Msg-Id": message_id("gen", t.experiment_id, t.task_id)})
-        for t in tasks
-    ))
+    await asyncio.gather(*(publish_from_client(js, t) for t in tasks))
     await nc.close()
 
 
@@ -60,7 +51,7 @@ async def read_events(nats_url: str, subject: str, until: Callable[[list[dict]],
                 raise TimeoutError(f"{subject}: only {len(events)} events after {timeout_s}s")
             try:
                 batch = await sub.fetch(100, timeout=0.5)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             for msg in batch:
                 events.append(json.loads(msg.data))

@@ -56,10 +56,10 @@ class Prometheus:
         path.write_text(json.dumps(config, indent=2))  # JSON is YAML
         return path
 
-    def start(self, timeout_s: float = 30.0) -> "Prometheus":
+    def start(self, timeout_s: float = 30.0) -> Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        log = open(self.workdir / "prometheus.log", "ab")
+        log = open(self.workdir / "prometheus.log", "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(
             [
                 prometheus_binary(),
@@ -78,7 +78,7 @@ class Prometheus:
     def stop(self) -> None:
         stop_process(self.process)
 
-    def __enter__(self) -> "Prometheus":
+    def __enter__(self) -> Prometheus:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

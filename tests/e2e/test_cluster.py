@@ -11,8 +11,9 @@ import nats
 import pytest
 
 from services.llm_worker.response_store import ResponseStore
-from shared.events import DEFAULT_TIERS, TaskCreated, message_id, task_subject
+from shared.events import DEFAULT_TIERS, TaskCreated
 from shared.nats_cluster import server_urls
+from shared.service import publish_from_client
 from shared.settings import Settings
 from shared.topology import TASKS_STREAM, ensure_topology, stream_configs
 from tests.e2e.cluster import NatsCluster, stream_leader, wait_for_jetstream
@@ -62,8 +63,7 @@ async def publish_through_an_election(url: str, tasks: list[TaskCreated]) -> Non
         for task in tasks:
             for _ in range(100):
                 try:
-                    await js.publish(task_subject(task.stage, task.tier.tier), task.model_dump_json().encode(),
-                                     headers={"Nats-Msg-Id": message_id("gen", task.experiment_id, task.task_id)})
+                    await publish_from_client(js, task)
                     break
                 except (nats.errors.Error, TimeoutError):
                     await asyncio.sleep(0.2)

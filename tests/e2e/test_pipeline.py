@@ -10,7 +10,7 @@ import asyncio
 import json
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -49,7 +49,7 @@ from tests.conftest import EXAMPLE_RAW
 from tests.e2e.chaos import wait_until
 from tests.e2e.conftest import nats_and_fake_llm
 from tests.e2e.harness import generation_task
-from tests.unit.test_tracker_recorder import dump_tables
+from tests.fakes import dump_tables
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 EXPERIMENT = "example-e2e"
@@ -218,7 +218,7 @@ async def republish_events(nats_url: str, subjects: tuple[str, ...], *, tag: str
             continue
         body = message.data
         if restamp:
-            body = json.dumps({**json.loads(body), "emitted_at": datetime.now(timezone.utc).isoformat()}).encode()
+            body = json.dumps({**json.loads(body), "emitted_at": datetime.now(UTC).isoformat()}).encode()
         await js.publish(message.subject, body, headers={"Nats-Msg-Id": f"{COPY}{tag}-{sequence}"})
         copied += 1
     await nc.close()

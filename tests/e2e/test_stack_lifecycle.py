@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -99,12 +99,12 @@ def test_a_real_experiment_is_never_answered_by_the_simulated_endpoint(data: Pat
     assert f"was started against endpoint {real_endpoint}" in output and "DAYDREAM_LLM_BASE_URL" in output
 
     # A simulated experiment on the same data dir: its workers meet realA's leftover tasks.
-    simulated_from = datetime.now(timezone.utc)
+    simulated_from = datetime.now(UTC)
     simulated = daydream("run", "--data", str(data), "--experiment-id", "fakeB")
     output = said(simulated, 240)
     assert simulated.returncode == 0, output
     answered_since = [(call.task_id, call.cached, call.started_at) for call in llm_calls(data, "realA")
-                      if call.started_at.replace(tzinfo=timezone.utc) >= simulated_from]
+                      if call.started_at.replace(tzinfo=UTC) >= simulated_from]
     assert answered_since == [], f"simulated answers recorded in realA ({calls_before} calls before)"
     with Session(make_engine(f"sqlite:///{data / 'daydream.db'}")) as session:
         refused = session.exec(select(Failure).where(Failure.experiment_id == "realA")).all()

@@ -12,8 +12,9 @@ from sqlmodel import Session, select
 
 from daydream.stack import EmbeddedStack
 from services.tracker.tables import Failure
-from shared.events import TASK_FAILED, TaskFailed, message_id
+from shared.events import TaskFailed
 from shared.nats_cluster import server_urls
+from shared.service import publish_from_client
 from tests.e2e.chaos import tracker_of, wait_until
 from tests.e2e.cluster import start_replica
 
@@ -25,8 +26,7 @@ async def publish_failures(nats_url: str, failures: list[TaskFailed]) -> None:
     try:
         js = nc.jetstream()
         for failure in failures:
-            await js.publish(TASK_FAILED, failure.model_dump_json().encode(),
-                             headers={"Nats-Msg-Id": message_id("failed", failure.experiment_id, failure.task_id)})
+            await publish_from_client(js, failure)
     finally:
         await nc.close()
 

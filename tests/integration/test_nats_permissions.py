@@ -278,7 +278,7 @@ async def test_service_cannot_create_or_repoint_consumers_it_does_not_own(user: 
         return_exceptions=True,
     )
 
-    accepted = [(spec.durable, spec.subject) for spec, outcome in zip(attempts, outcomes)
+    accepted = [(spec.durable, spec.subject) for spec, outcome in zip(attempts, outcomes, strict=True)
                 if not isinstance(outcome, NatsTimeoutError)]
     assert accepted == []
     for spec in CONSUMERS:

@@ -16,9 +16,9 @@ from daydream.cli import app
 from services.tracker.db import drop_db, make_engine
 from services.tracker.recorder import Tracker
 from services.tracker.tables import ComboMapping
+from tests.fakes import FakeExperiment, csv_keys, deliver, dump_tables
 from tests.unit.test_tracker_migration import assert_upgraded_in_place, record_with_earlier_daydream
 from tests.unit.test_tracker_rebuild import rerun_and_rescore, sorted_lines
-from tests.unit.test_tracker_recorder import FakeExperiment, csv_keys, deliver, dump_tables
 
 pytestmark = pytest.mark.integration
 

@@ -261,3 +261,15 @@ def test_an_unreadable_file_is_a_problem_naming_it(raw: Path, monkeypatch: pytes
         ("generation_templates/essay.txt", "cannot be read: Permission denied")
     ]
     assert "make the file readable" in caught.value.problems[0].fix
+
+
+def test_a_snapshot_written_before_a_field_was_added_is_the_same_selection(raw: Path, tmp_path: Path) -> None:
+    """Resuming after an upgrade: the older snapshot lacks what the new code adds with its default."""
+    target = tmp_path / "experiments" / "exp-1"
+    snapshot_experiment(load_experiment(raw, experiment_id="exp-1"), target)
+    spec = json.loads((target / "spec.json").read_text(encoding="utf-8"))
+    del spec["evaluate_truncated"]
+    (target / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    snapshot_experiment(load_experiment(raw, experiment_id="exp-1"), target)
+    with pytest.raises(SnapshotConflict, match=r"differs in settings\.json"):
+        snapshot_experiment(load_experiment(raw, experiment_id="exp-1", k_max=3), target)

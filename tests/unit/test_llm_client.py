@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,8 +24,8 @@ from shared.llm import (
     chat_messages,
     classify_response,
     endpoint_identity,
-    is_openrouter,
     error_kind_for_status,
+    is_openrouter,
     request_body,
     request_hash,
 )
@@ -335,7 +335,7 @@ def test_an_empty_answer_cut_by_the_token_budget_is_truncated_empty_with_advice(
 
 async def test_the_client_raises_what_the_classification_says(client, script):
     script.status, script.body = 429, "{}"
-    script.headers = {"Retry-After": format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)}
+    script.headers = {"Retry-After": format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)}
     error = await failure(client)
     assert error.kind is ErrorKind.RATE_LIMITED and error.status == 429
     assert 27.0 <= error.retry_after_s <= 30.0

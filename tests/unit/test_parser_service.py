@@ -3,8 +3,8 @@ evaluation template says (its parser, its scale, whether its scale has decimals)
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ ROUNDED = "Solid but derivative.\n\nScore: 6.5/9, rounded to 7"
 def judged(raw: Path, text: str) -> EvaluationDone:
     generation = generation_tasks(load_experiment(raw, experiment_id="exp-1").spec)[0]
     task = evaluation_tasks(generation, "An essay.", truncated=False)[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return EvaluationDone(task=task, call=CallRecord(text=text, request_hash="h", started_at=now, finished_at=now))
 
 

@@ -19,7 +19,7 @@ from services.combiner.planning import (
     plan_experiment,
     write_task_tables,
 )
-from shared.events import ComboPlanned, ExperimentSpec
+from shared.events import ComboPlanned, EvaluationTask, ExperimentSpec
 from shared.ids import combo_id
 from shared.inputs import load_experiment
 from shared.tasks import evaluation_tasks, generation_tasks, planned_counts, planned_evaluations
@@ -115,7 +115,7 @@ def test_evaluation_tasks_render_the_response_into_each_judge_prompt(spec: Exper
     assert (rubric.combo_id, rubric.generation_model_id) == (generation.combo_id, generation.generation_model_id)
     assert rubric.tier.tier == "paid" and rubric.model.id == "gpt_41_mini"
     assert (rubric.parameters.temperature, rubric.parameters.max_tokens) == (0.0, 1024)
-    assert rubric.evaluation_plan is None and rubric.generation_truncated is False
+    assert isinstance(rubric, EvaluationTask) and rubric.generation_truncated is False
 
 
 def test_a_truncated_generation_is_judged_only_when_the_plan_says_so(spec: ExperimentSpec) -> None:

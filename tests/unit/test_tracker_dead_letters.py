@@ -13,7 +13,7 @@ from services.tracker.db import make_engine
 from services.tracker.dead_letters import MaxDeliveriesAdvisory, record_dead_letter
 from services.tracker.recorder import Tracker
 from services.tracker.tables import Failure
-from tests.unit.test_tracker_recorder import FakeExperiment
+from tests.fakes import FakeExperiment
 
 SEQUENCE = 41
 

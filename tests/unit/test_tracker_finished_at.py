@@ -13,7 +13,7 @@ from sqlmodel import Session
 from services.tracker.db import init_db, make_engine
 from services.tracker.recorder import Tracker
 from services.tracker.tables import EvaluationResult, Experiment
-from tests.unit.test_tracker_recorder import T0, FakeExperiment, call, deliver
+from tests.fakes import T0, FakeExperiment, call, deliver
 
 
 def finished_at(engine: Engine) -> datetime | None:

@@ -15,7 +15,7 @@ from services.tracker.check import check as find_problems
 from services.tracker.csv_log import EARLIER_CSV_COLUMNS
 from services.tracker.db import SchemaMigration, make_engine
 from services.tracker.recorder import Tracker
-from tests.unit.test_tracker_recorder import FakeExperiment, deliver, dump_tables
+from tests.fakes import FakeExperiment, deliver, dump_tables
 
 ADDED_COLUMNS = {
     "generation_results": ("revision", "csv_appended"),

@@ -19,7 +19,7 @@ from services.tracker.rebuild import rebuild as rebuild_from_artifacts
 from services.tracker.recorder import Tracker
 from services.tracker.tables import GenerationResult
 from shared.events import EvaluationScored, GenerationDone
-from tests.unit.test_tracker_recorder import FakeExperiment, call, csv_keys, csv_lines, deliver, dump_tables
+from tests.fakes import FakeExperiment, call, csv_keys, csv_lines, deliver, dump_tables
 
 
 @pytest.fixture

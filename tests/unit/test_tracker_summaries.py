@@ -15,7 +15,7 @@ from services.tracker.db import make_engine
 from services.tracker.recorder import Tracker
 from services.tracker.summaries import agreement_class, render_results_table
 from shared.events import EvaluationDone, EvaluationScored
-from tests.unit.test_tracker_recorder import FakeExperiment, deliver
+from tests.fakes import FakeExperiment, deliver
 
 
 @pytest.fixture

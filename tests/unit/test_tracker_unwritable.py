@@ -14,7 +14,7 @@ from services.tracker.rebuild import rebuild
 from services.tracker.recorder import UNWRITABLE_ARTIFACT, Tracker
 from services.tracker.stages import UnknownStage
 from services.tracker.tables import Failure, GenerationResult
-from tests.unit.test_tracker_recorder import FakeExperiment, deliver
+from tests.fakes import FakeExperiment, deliver
 
 
 def _engine(data_dir: Path) -> Engine:
