@@ -29,7 +29,7 @@ from typing import Any
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError
 from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
-from jinja2.utils import generate_lorem_ipsum
+from jinja2.utils import _PassArg, generate_lorem_ipsum
 
 from shared.events import ConceptSpec, EvaluationTemplateSpec, TemplateSpec
 
@@ -219,11 +219,13 @@ _STR_METHOD_CHECKS: dict[str, Callable[..., None]] = {
 
 def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     check = _FILTER_CHECKS.get(name)
+    passed = 1 if _PassArg.from_obj(function) is not None else 0
+    """A filter that takes the context or environment first gets it before the value."""
 
     @wraps(function)
     def bounded(*arguments: Any, **keywords: Any) -> Any:
         if check is not None:
-            check(*arguments, **keywords)
+            check(*arguments[passed:], **keywords)
         return _check_value(function(*arguments, **keywords))
 
     return bounded
