@@ -1,9 +1,10 @@
 """How long `daydream plan` takes, and how much memory it holds, to refuse an experiment too big to run.
 
 Each case is the small bad-input base (tests/data/bad_inputs/_base) with one thing made huge: 40
-concepts at k_max = 20, or replicates = 1000000000. `plan` runs as a child process under an
-address-space cap (so a plan that enumerates cannot take the machine with it) and a wall-clock
-timeout; the figures are its wall time, its peak RSS, its exit code and the last line it printed.
+concepts at k_max = 20, or replicates = 1000000000 (the cases of tests/unit/test_plan_limits.py);
+and, for comparison, a plan just under the default limit that `plan` accepts and writes. `plan`
+runs as a child process under an address-space cap (so a plan that enumerates cannot take the
+machine with it) and a wall-clock timeout; the figures are its wall time, its peak RSS, its exit code and the last line it printed.
 
     uv run python bench/plan_limits.py [--cap-gb 3] [--timeout-s 120]
 """
@@ -19,28 +20,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BASE_RAW = REPO / "tests" / "data" / "bad_inputs" / "_base" / "1_raw"
+from tests.unit.test_plan_limits import (
+    BASE_RAW,
+    REPO,
+    a_billion_replicates,
+    concepts_at_k_max,
+    forty_concepts_at_k_max_20,
+    plan_in_a_capped_process,
+)
 
-
-def forty_concepts(raw: Path) -> None:
-    ids = [f"c{index:02d}" for index in range(40)]
-    rows = "".join(f"{concept},Concept {concept},true\n" for concept in ids)
-    (raw / "concepts_metadata.csv").write_text("concept_id,name,active\n" + rows, encoding="utf-8")
-    for concept in ids:
-        (raw / "descriptions-paragraph" / f"{concept}.txt").write_text(f"About {concept}.", encoding="utf-8")
-    toml = raw / "experiment.toml"
-    toml.write_text(toml.read_text(encoding="utf-8").replace("k_max = 2", "k_max = 20"), encoding="utf-8")
-
-
-def a_billion_replicates(raw: Path) -> None:
-    toml = raw / "experiment.toml"
-    toml.write_text(toml.read_text(encoding="utf-8") + "replicates = 1000000000\n", encoding="utf-8")
-
-
-CASES = {"40 concepts, k_max 20": forty_concepts, "replicates 1000000000": a_billion_replicates}
+CASES = {
+    "40 concepts, k_max 20": forty_concepts_at_k_max_20,
+    "replicates 1000000000": a_billion_replicates,
+    "18 concepts, k_max 7 (63,648 calls: accepted, planned and written)": partial(concepts_at_k_max, concepts=18, k_max=7),
+}
 
 
 def measure(name: str, make, cap_bytes: int, timeout_s: float) -> dict[str, object]:
@@ -48,12 +44,7 @@ def measure(name: str, make, cap_bytes: int, timeout_s: float) -> dict[str, obje
         data = Path(root) / "data"
         shutil.copytree(BASE_RAW, data / "1_raw")
         make(data / "1_raw")
-        script = (
-            "import resource, sys, runpy;"
-            f"resource.setrlimit(resource.RLIMIT_AS, ({cap_bytes}, {cap_bytes}));"
-            "sys.argv = ['daydream', 'plan', '--data', sys.argv[1]];"
-            "runpy.run_module('daydream', run_name='__main__')"
-        )
+        script = plan_in_a_capped_process(cap_bytes)
         log = Path(root) / "plan.log"
         with log.open("w", encoding="utf-8") as output_file:
             child = subprocess.Popen([sys.executable, "-c", script, str(data)], stdout=output_file,

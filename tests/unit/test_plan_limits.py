@@ -16,23 +16,31 @@ REPO = Path(__file__).resolve().parents[2]
 BASE_RAW = REPO / "tests" / "data" / "bad_inputs" / "_base" / "1_raw"
 MEMORY_CAP_BYTES = 1024**3
 """Enumerating 40 concepts at k_max 20 took 3 GB before dying with MemoryError."""
-PLAN_IN_A_CAPPED_PROCESS = (
-    "import resource, runpy, sys;"
-    f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_CAP_BYTES}, {MEMORY_CAP_BYTES}));"
-    "sys.argv = ['daydream', 'plan', '--data', sys.argv[1]];"
-    "runpy.run_module('daydream', run_name='__main__')"
-)
 
 
-def forty_concepts_at_k_max_20(raw: Path) -> None:
-    ids = [f"c{index:02d}" for index in range(40)]
+def plan_in_a_capped_process(cap_bytes: int) -> str:
+    """Python code that runs `daydream plan --data <argv[1]>` with its address space capped."""
+    return (
+        "import resource, runpy, sys;"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({cap_bytes}, {cap_bytes}));"
+        "sys.argv = ['daydream', 'plan', '--data', sys.argv[1]];"
+        "runpy.run_module('daydream', run_name='__main__')"
+    )
+
+
+def concepts_at_k_max(raw: Path, concepts: int, k_max: int) -> None:
+    ids = [f"c{index:02d}" for index in range(concepts)]
     (raw / "concepts_metadata.csv").write_text(
         "concept_id,name,active\n" + "".join(f"{c},Concept {c},true\n" for c in ids), encoding="utf-8"
     )
     for concept in ids:
         (raw / "descriptions-paragraph" / f"{concept}.txt").write_text(f"About {concept}.", encoding="utf-8")
     toml = raw / "experiment.toml"
-    toml.write_text(toml.read_text(encoding="utf-8").replace("k_max = 2", "k_max = 20"), encoding="utf-8")
+    toml.write_text(toml.read_text(encoding="utf-8").replace("k_max = 2", f"k_max = {k_max}"), encoding="utf-8")
+
+
+def forty_concepts_at_k_max_20(raw: Path) -> None:
+    concepts_at_k_max(raw, 40, 20)
 
 
 def a_billion_replicates(raw: Path) -> None:
@@ -54,7 +62,7 @@ def test_a_plan_too_big_to_enumerate_is_refused_by_its_count(make, count: str, t
     env = {**os.environ, "COLUMNS": "400"}
     env.pop("DAYDREAM_MAX_PLANNED_CALLS", None)
     done = subprocess.run(
-        [sys.executable, "-c", PLAN_IN_A_CAPPED_PROCESS, str(data)],
+        [sys.executable, "-c", plan_in_a_capped_process(MEMORY_CAP_BYTES), str(data)],
         capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
     )
     assert done.returncode == 2, done.stdout + done.stderr
