@@ -69,6 +69,8 @@ TIERS_CSV = "tiers.csv"
 EXPERIMENT_TOML = "experiment.toml"
 EXPERIMENT_KEYS = ("name", "k_max", "description_level", "replicates", "seed")
 
+MAX_INPUT_FILE_BYTES = 10 * 1024**2
+"""Read whole: a file larger than this is refused before it is read."""
 TEMPERATURE_RANGE = (0.0, 2.0)
 """What the providers take (OpenAI, OpenRouter, Anthropic's 0-1 falls inside)."""
 
@@ -527,6 +529,11 @@ class _Loader:
             )
             return None
         try:
+            size = target.stat().st_size
+            if size > MAX_INPUT_FILE_BYTES:
+                self.problem(relative, None, f"is {size:,} bytes, more than the {MAX_INPUT_FILE_BYTES:,} an input "
+                             "file may hold", "shorten it (a prompt holds at most 1,000,000 characters anyway)")
+                return None
             data = path.read_bytes()
         except OSError as error:
             self.problem(

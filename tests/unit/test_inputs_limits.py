@@ -14,7 +14,7 @@ from daydream.plan_cmd import plan
 from daydream.publish_cmd import new_experiment_id
 from services.tracker.artifacts import task_artifact_names, write_once
 from shared.ids import MAX_ID_LENGTH, MAX_NAME_BYTES, is_safe_id, longest_file_name_bytes
-from shared.inputs import InputErrors, load_experiment
+from shared.inputs import MAX_INPUT_FILE_BYTES, InputErrors, load_experiment
 
 BASE_RAW = Path(__file__).resolve().parents[1] / "data" / "bad_inputs" / "_base" / "1_raw"
 
@@ -90,6 +90,16 @@ def test_the_file_name_budget_matches_what_the_tracker_writes(tmp_path: Path) ->
     with pytest.raises(OSError, match="File name too long"):
         for index in range(3):
             write_once(tmp_path, task_artifact_names(too_long, experiment_id, ".score.json"), f"content {index}")
+
+
+def test_an_input_file_too_big_to_read_whole_is_refused_before_it_is_read(raw: Path) -> None:
+    description = raw / "descriptions-paragraph" / "alpha.txt"
+    with description.open("r+b") as file:
+        file.truncate(MAX_INPUT_FILE_BYTES + 1)  # sparse: costs no disk and no time
+    with pytest.raises(InputErrors) as caught:
+        load_experiment(raw, experiment_id="x")
+    assert [(p.file, p.row) for p in caught.value.problems] == [("descriptions-paragraph/alpha.txt", None)]
+    assert f"is {MAX_INPUT_FILE_BYTES + 1:,} bytes" in str(caught.value)
 
 
 def test_an_active_model_that_does_nothing_is_a_warning_naming_it(raw: Path) -> None:
