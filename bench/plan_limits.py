@@ -4,7 +4,8 @@ Each case is the small bad-input base (tests/data/bad_inputs/_base) with one thi
 concepts at k_max = 20, or replicates = 1000000000 (the cases of tests/unit/test_plan_limits.py);
 and, for comparison, a plan just under the default limit that `plan` accepts and writes. `plan`
 runs as a child process under an address-space cap (so a plan that enumerates cannot take the
-machine with it) and a wall-clock timeout; the figures are its wall time, its peak RSS, its exit code and the last line it printed.
+machine with it) and a wall-clock timeout; the figures are its wall time, its peak RSS, its exit
+code and the last line it printed.
 
     uv run python bench/plan_limits.py [--cap-gb 3] [--timeout-s 120]
 """
@@ -35,7 +36,9 @@ from tests.unit.test_plan_limits import (
 CASES = {
     "40 concepts, k_max 20": forty_concepts_at_k_max_20,
     "replicates 1000000000": a_billion_replicates,
-    "18 concepts, k_max 7 (63,648 calls: accepted, planned and written)": partial(concepts_at_k_max, concepts=18, k_max=7),
+    "18 concepts, k_max 7 (63,648 calls: accepted, planned and written)": partial(
+        concepts_at_k_max, concepts=18, k_max=7
+    ),
 }
 
 

@@ -674,7 +674,7 @@ class _Loader:
             value = math.nan
         if math.isfinite(value) and value >= minimum and (maximum is None or value <= maximum):
             return value
-        kind = f"a number from {minimum:g} to {maximum:g}" if maximum is not None else f"a number of {minimum:g} or more"
+        kind = f"a number of {minimum:g} or more" if maximum is None else f"a number from {minimum:g} to {maximum:g}"
         self.problem(
             row.file, row.line, f"{column} '{text}' is not {kind}", f"write {column} as {kind}, or leave it empty"
         )

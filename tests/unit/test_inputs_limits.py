@@ -103,11 +103,12 @@ def test_an_input_file_too_big_to_read_whole_is_refused_before_it_is_read(raw: P
 
 
 def test_an_active_model_that_does_nothing_is_a_warning_naming_it(raw: Path) -> None:
-    edit(raw / "llm_models.csv", "judge_paid,vendor/judge,openrouter,paid,false,true,true,,",
-         "judge_paid,vendor/judge,openrouter,paid,false,true,true,,\nidle,vendor/idle,openrouter,paid,false,false,true,,")
+    judge = "judge_paid,vendor/judge,openrouter,paid,false,true,true,,"
+    edit(raw / "llm_models.csv", judge, judge + "\nidle,vendor/idle,openrouter,paid,false,false,true,,")
     loaded = load_experiment(raw, experiment_id="x")
     assert [(w.file, w.row) for w in loaded.warnings] == [("llm_models.csv", 4)]
-    assert [m.id for m in loaded.spec.generation_models + loaded.spec.evaluation_models] == ["writer_free", "judge_paid"]
+    used = loaded.spec.generation_models + loaded.spec.evaluation_models
+    assert [model.id for model in used] == ["writer_free", "judge_paid"]
 
     result = run_plan(raw.parent)
     assert result.exit_code == 0, result.output
