@@ -905,9 +905,9 @@ class _Loader:
         """Render every active generation template with every combination the experiment will
         make, and every evaluation template with a stand-in response: a template that fails on
         some combination fails here, not mid-run."""
-        combos = itertools.combinations(concepts, k_max) if k_max else iter([tuple(concepts)])
         for template in generation:
             relative = f"generation_templates/{template.template_id}.txt"
+            combos = itertools.combinations(concepts, k_max) if k_max else [tuple(concepts)]
             for index, members in enumerate(combos):
                 context = f"with the combination {', '.join(c.concept_id for c in members)}: " if index else ""
                 if not self.probe(relative, lambda t=template, m=members: render_generation_prompt(t, list(m)), context):

@@ -92,6 +92,20 @@ def test_the_file_name_budget_matches_what_the_tracker_writes(tmp_path: Path) ->
             write_once(tmp_path, task_artifact_names(too_long, experiment_id, ".score.json"), f"content {index}")
 
 
+def test_every_generation_template_is_probed_with_every_combination(raw: Path) -> None:
+    """The combinations are walked lazily, once per template: the second template sees them all too."""
+    edit(raw / "generation_templates.csv", "essay,Essay,Connect the ideas in an essay,true",
+         "essay,Essay,Connect the ideas in an essay,true\nlist,List,A list,true")
+    (raw / "generation_templates" / "list.txt").write_text(
+        "{% if concepts[0].concept_id == 'beta' %}{{ concepts[0].nickname }}{% endif %}{{ concepts[0].name }}",
+        encoding="utf-8",
+    )
+    with pytest.raises(InputErrors) as caught:
+        load_experiment(raw, experiment_id="x")
+    assert [(p.file, p.row) for p in caught.value.problems] == [("generation_templates/list.txt", 1)]
+    assert "with the combination beta, gamma" in str(caught.value)
+
+
 def test_an_input_file_too_big_to_read_whole_is_refused_before_it_is_read(raw: Path) -> None:
     description = raw / "descriptions-paragraph" / "alpha.txt"
     with description.open("r+b") as file:
