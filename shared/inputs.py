@@ -50,7 +50,12 @@ from shared.ids import (
     is_safe_id,
     longest_file_name_bytes,
 )
-from shared.prompts import TemplateProblem, render_evaluation_prompt, render_generation_prompt
+from shared.prompts import (
+    TemplateProblem,
+    compile_template,
+    render_evaluation_prompt,
+    render_generation_prompt,
+)
 from shared.settings import Settings
 from shared.tasks import PlanSize
 
@@ -904,12 +909,15 @@ class _Loader:
     ) -> None:
         """Render every active generation template with every combination the experiment will
         make, and every evaluation template with a stand-in response: a template that fails on
-        some combination fails here, not mid-run."""
+        some combination fails here, not mid-run, naming that combination (a syntax error is the
+        template's own)."""
         for template in generation:
             relative = f"generation_templates/{template.template_id}.txt"
+            if not self.probe(relative, lambda t=template: compile_template(t.text)):
+                continue
             combos = itertools.combinations(concepts, k_max) if k_max else [tuple(concepts)]
-            for index, members in enumerate(combos):
-                context = f"with the combination {', '.join(c.concept_id for c in members)}: " if index else ""
+            for members in combos:
+                context = f"with the combination {', '.join(c.concept_id for c in members)}: " if k_max else ""
                 if not self.probe(relative, lambda t=template, m=members: render_generation_prompt(t, list(m)), context):
                     break
         for template in evaluation:
