@@ -549,9 +549,9 @@ class _Loader:
             )
             return None
         fix = "save the file with UTF-8 encoding (in a spreadsheet: Save As, CSV UTF-8)"
-        utf16 = _utf16_kind(data)
-        if utf16:
-            self.problem(relative, None, f"is not UTF-8: it is {utf16}", fix)
+        nul_problem = _nul_problem(data)
+        if nul_problem:
+            self.problem(relative, nul_problem[1], nul_problem[0], fix)
             return None
         try:
             return data.decode("utf-8-sig")
@@ -945,12 +945,16 @@ def _tier_row(tier: TierSpec) -> dict[str, str]:
     }
 
 
-def _utf16_kind(data: bytes) -> str | None:
+def _nul_problem(data: bytes) -> tuple[str, int | None] | None:
     """UTF-16 decodes as UTF-8 whenever the text is ASCII, with a NUL between every two letters:
-    recognised by its byte-order mark or by its NULs, before decoding."""
+    recognised by its byte-order mark or by its NULs, before decoding. A few NULs in UTF-8 text
+    are named as such."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return "UTF-16 (it starts with a UTF-16 byte-order mark)"
-    if b"\x00" in data:
-        order = "little-endian " if data[1::2].count(0) > data[0::2].count(0) else ""
-        return f"{order}UTF-16 or another encoding with NUL bytes (found {data.count(0)} NUL bytes)"
-    return None
+        return "is not UTF-8: it is UTF-16 (it starts with a UTF-16 byte-order mark)", None
+    nuls = data.count(0)
+    if not nuls:
+        return None
+    if nuls * 4 < len(data):
+        return f"holds {nuls} NUL byte(s), the first on this line", data[: data.index(0)].count(b"\n") + 1
+    order = "little-endian " if data[1::2].count(0) > data[0::2].count(0) else ""
+    return f"is not UTF-8: it is {order}UTF-16 or another encoding with NUL bytes (found {nuls} NUL bytes)", None

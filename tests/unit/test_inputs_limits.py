@@ -106,6 +106,12 @@ def test_every_generation_template_is_probed_with_every_combination(raw: Path) -
     assert "with the combination beta, gamma" in str(caught.value)
 
 
+def test_a_few_nul_bytes_in_utf8_text_are_named_with_their_line(raw: Path) -> None:
+    (raw / "descriptions-paragraph" / "beta.txt").write_bytes(b"About beta.\nA stray \x00 here.\n")
+    with pytest.raises(InputErrors, match=r"beta.txt line 2: holds 1 NUL byte\(s\), the first on this line"):
+        load_experiment(raw, experiment_id="x")
+
+
 def test_an_input_file_too_big_to_read_whole_is_refused_before_it_is_read(raw: Path) -> None:
     description = raw / "descriptions-paragraph" / "alpha.txt"
     with description.open("r+b") as file:
