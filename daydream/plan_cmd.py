@@ -27,12 +27,16 @@ PLAN_EXPERIMENT_ID = "plan"
 
 
 def load_or_exit(raw_dir: Path, **options) -> LoadedExperiment:
-    """`load_experiment`, but a user-facing failure: every problem printed, exit code 2."""
+    """`load_experiment`, but a user-facing failure: every problem printed, exit code 2; warnings printed."""
     try:
-        return load_experiment(raw_dir, **options)
+        loaded = load_experiment(raw_dir, **options)
     except InputErrors as errors:
         print_problems(errors)
         raise typer.Exit(INPUT_ERROR_EXIT_CODE) from errors
+    console = Console(stderr=True, soft_wrap=True)
+    for warning in loaded.warnings:
+        console.print(Text(f"warning: {warning}", style="yellow"))
+    return loaded
 
 
 def print_problems(errors: InputErrors) -> None:

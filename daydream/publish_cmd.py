@@ -16,7 +16,7 @@ from daydream import options
 from daydream.plan_cmd import load_or_exit, write_plan
 from daydream.stack import StackState, usable_stack
 from shared.events import ExperimentRequested, ExperimentSpec
-from shared.ids import is_safe_id
+from shared.ids import MAX_ID_LENGTH, is_safe_id
 from shared.inputs import SPEC_FILE
 from shared.llm import SIMULATED_ENDPOINT, endpoint_identity
 from shared.nats_cluster import server_urls, without_credentials
@@ -29,9 +29,11 @@ console = Console()
 
 def new_experiment_id(name: str) -> str:
     """A safe id by construction: every character outside the safe-id rule becomes '-'. The time
-    is readable; the random suffix keeps two publishes in the same second apart."""
-    slug = "".join(c if is_safe_id(c) else "-" for c in name.lower()).strip("-") or "experiment"
-    return f"{slug}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    is readable; the random suffix keeps two publishes in the same second apart. A long name is
+    cut so the id stays within `MAX_ID_LENGTH`."""
+    suffix = f"-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    slug = "".join(c if is_safe_id(c) else "-" for c in name.lower())[: MAX_ID_LENGTH - len(suffix)]
+    return f"{slug.strip('-') or 'experiment'}{suffix}"
 
 
 def prepare_experiment(

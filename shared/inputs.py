@@ -17,6 +17,7 @@ Conventions the user sees:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -39,8 +40,24 @@ from shared.events import (
     TierSpec,
 )
 from shared.files import csv_text
-from shared.ids import SAFE_ID_RULE, is_safe_id
-from shared.prompts import TemplateProblem, render_evaluation_prompt, render_generation_prompt
+from shared.ids import (
+    MAX_ID_LENGTH,
+    MAX_NAME_BYTES,
+    SAFE_ID_RULE,
+    combo_id,
+    evaluation_task_id,
+    generation_task_id,
+    is_safe_id,
+    longest_file_name_bytes,
+)
+from shared.prompts import (
+    TemplateProblem,
+    compile_template,
+    render_evaluation_prompt,
+    render_generation_prompt,
+)
+from shared.settings import Settings
+from shared.tasks import PlanSize
 
 DESCRIPTION_LEVELS = ("sentence", "paragraph", "article")
 FALLBACK_LEVELS = ("paragraph", "sentence")
@@ -56,6 +73,11 @@ MODELS_CSV = "llm_models.csv"
 TIERS_CSV = "tiers.csv"
 EXPERIMENT_TOML = "experiment.toml"
 EXPERIMENT_KEYS = ("name", "k_max", "description_level", "replicates", "seed")
+
+MAX_INPUT_FILE_BYTES = 10 * 1024**2
+"""Read whole: a file larger than this is refused before it is read."""
+TEMPERATURE_RANGE = (0.0, 2.0)
+"""What the providers take (OpenAI, OpenRouter, Anthropic's 0-1 falls inside)."""
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -134,6 +156,8 @@ class LoadedExperiment:
     fallbacks: list[DescriptionFallback]
     active_rows: dict[str, list[dict[str, str]]]
     """CSV file name -> its active rows (for tiers.csv: the tiers the active models use)."""
+    warnings: list[InputProblem] = field(default_factory=list)
+    """What is accepted but is probably not what the user meant (e.g. an active model that does nothing)."""
 
 
 def load_experiment(
@@ -145,9 +169,11 @@ def load_experiment(
     replicates: int | None = None,
     fresh: bool = False,
     evaluate_truncated: bool = True,
+    max_calls: int | None = None,
 ) -> LoadedExperiment:
-    """Read and validate `raw_dir`; arguments given here override `experiment.toml`."""
-    loader = _Loader(Path(raw_dir))
+    """Read and validate `raw_dir`; arguments given here override `experiment.toml`. An experiment
+    of more than `max_calls` LLM calls (default: `DAYDREAM_MAX_PLANNED_CALLS`) is refused."""
+    loader = _Loader(Path(raw_dir), max_calls=max_calls or Settings().max_planned_calls)
     loaded = loader.load(
         experiment_id=experiment_id,
         k_max=k_max,
@@ -259,15 +285,20 @@ class _Settings:
     k_max_source: str = EXPERIMENT_TOML
     description_level: str | None = None
     replicates: int | None = 1
+    replicates_source: str = EXPERIMENT_TOML
     seed: int | None = None
 
 
 @dataclass
 class _Loader:
     raw_dir: Path
+    max_calls: int
     problems: list[InputProblem] = field(default_factory=list)
+    warnings: list[InputProblem] = field(default_factory=list)
     toml_lines: dict[str, int] = field(default_factory=dict)
     """experiment.toml key -> the line it is set on, so its problems can name the line."""
+    id_rows: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(file, id) -> its line, so a problem found later (a derived file name) can name the row."""
 
     def problem(self, file: str, row: int | None, message: str, fix: str) -> None:
         self.problems.append(InputProblem(file, row, message, fix))
@@ -294,6 +325,9 @@ class _Loader:
             return None
         if not is_safe_id(experiment_id):
             self.problem("experiment id", None, f"'{experiment_id}' is not a safe id", SAFE_ID_RULE)
+        elif len(experiment_id) > MAX_ID_LENGTH:
+            self.problem("experiment id", None, f"'{experiment_id}' is {len(experiment_id)} characters long",
+                         f"use at most {MAX_ID_LENGTH} characters")
         settings = self.experiment_settings(k_max=k_max, level=level, replicates=replicates)
         requested_level = settings.description_level or DESCRIPTION_LEVELS[1]
 
@@ -307,7 +341,12 @@ class _Loader:
         generation_models, evaluation_models, active_models, used_tiers = self.models(tiers)
 
         self.check_k_max(settings, len(active_concepts) if concept_rows is not None else None)
-        self.probe_templates(generation_templates, evaluation_templates, concepts, settings.k_max)
+        size = PlanSize(len(concepts), settings.k_max or 0, len(generation_templates), len(generation_models),
+                        settings.replicates or 1, len(evaluation_templates), len(evaluation_models))
+        if self.check_size(size, settings):
+            self.check_file_names(generation_templates, generation_models, evaluation_templates,
+                                  evaluation_models, settings.replicates or 1)
+            self.probe_templates(generation_templates, evaluation_templates, concepts, settings.k_max)
         if self.problems:
             return None
         spec = ExperimentSpec(
@@ -333,7 +372,7 @@ class _Loader:
             MODELS_CSV: active_models,
             TIERS_CSV: [row for name, row in tier_rows.items() if name in used_tiers],
         }
-        return LoadedExperiment(spec=spec, fallbacks=fallbacks, active_rows=active_rows)
+        return LoadedExperiment(spec=spec, fallbacks=fallbacks, active_rows=active_rows, warnings=self.warnings)
 
     # ---- experiment.toml ----------------------------------------------------------------
 
@@ -364,7 +403,7 @@ class _Loader:
         if level is not None:
             settings.description_level = self.level(level, "--level option")
         if replicates is not None:
-            settings.replicates = replicates
+            settings.replicates, settings.replicates_source = replicates, "--replicates option"
             if replicates < 1:
                 fix = "pass --replicates 1 or more"
                 self.problem("--replicates option", None, f"replicates {replicates} is below 1", fix)
@@ -438,6 +477,67 @@ class _Loader:
             )
             settings.k_max = None
 
+    def check_size(self, size: PlanSize, settings: _Settings) -> bool:
+        """Whether the experiment is small enough to enumerate; counted, never enumerated. The
+        problem names replicates when one replicate would fit, else k_max."""
+        if size.calls <= self.max_calls:
+            return True
+        one_replicate = dataclasses.replace(size, replicates=1)
+        if size.replicates > 1 and one_replicate.calls <= self.max_calls:
+            source, row = settings.replicates_source, self.toml_lines.get("replicates")
+            lower = "lower replicates"
+        else:
+            source, row = settings.k_max_source, self.toml_lines.get("k_max")
+            lower = "lower k_max, or make fewer concepts, templates or models active"
+        self.problem(
+            source,
+            row if source == EXPERIMENT_TOML else None,
+            f"the experiment would make {size.calls:,} LLM calls ({size.combos:,} combos of {size.k_max} from "
+            f"{size.concepts} concepts x {size.generation_templates} template(s) x {size.generation_models} "
+            f"model(s) x {size.replicates:,} replicate(s) = {size.generation_tasks:,} generations, and "
+            f"{size.evaluation_tasks:,} evaluations), more than the limit of {self.max_calls:,}",
+            f"{lower}; or raise the limit with DAYDREAM_MAX_PLANNED_CALLS if you mean it",
+        )
+        return False
+
+    def check_file_names(
+        self,
+        generation_templates: list[TemplateSpec],
+        generation_models: list[ModelSpec],
+        evaluation_templates: list[EvaluationTemplateSpec],
+        evaluation_models: list[ModelSpec],
+        replicates: int,
+    ) -> None:
+        """The longest task id, with an experiment id of the longest allowed length, must make file
+        names that fit every file system; else the longest id involved is named."""
+        parts = [
+            (GENERATION_TEMPLATES_CSV, [t.template_id for t in generation_templates]),
+            (MODELS_CSV, [m.id for m in generation_models]),
+            (EVALUATION_TEMPLATES_CSV, [t.template_id for t in evaluation_templates]),
+            (MODELS_CSV, [m.id for m in evaluation_models]),
+        ]
+        if not all(ids for _, ids in parts):
+            return
+        longest = [(file, max(ids, key=len)) for file, ids in parts]
+        template, model, judge_template, judge = (value for _, value in longest)
+        combo = combo_id([], "paragraph", 1)
+        task_id = evaluation_task_id(
+            generation_task_id(combo, template, model, replicates, replicates), judge_template, judge
+        )
+        name_bytes = longest_file_name_bytes(task_id)
+        if name_bytes <= MAX_NAME_BYTES:
+            return
+        file, value = max(longest, key=lambda part: len(part[1]))
+        self.problem(
+            file,
+            self.id_rows.get((file, value)),
+            f"task ids built from template '{template}', model '{model}', evaluation template "
+            f"'{judge_template}' and judge '{judge}' make file names of {name_bytes} bytes "
+            f"(with an experiment id of {MAX_ID_LENGTH} characters), more than the {MAX_NAME_BYTES} "
+            "a file system takes",
+            f"shorten these ids by {name_bytes - MAX_NAME_BYTES} characters in total (e.g. '{value}')",
+        )
+
     # ---- files and CSV ------------------------------------------------------------------
 
     def read_text(self, relative: str, *, missing_fix: str | None) -> str | None:
@@ -447,7 +547,21 @@ class _Loader:
             if missing_fix:
                 self.problem(relative, None, "the file is missing", missing_fix)
             return None
+        target = path.resolve()
+        if not target.is_relative_to(self.raw_dir.resolve()):
+            self.problem(
+                relative,
+                None,
+                f"leads outside the input directory, to {target}",
+                f"copy the file into {self.raw_dir} instead of linking to it (inputs are read only from there)",
+            )
+            return None
         try:
+            size = target.stat().st_size
+            if size > MAX_INPUT_FILE_BYTES:
+                self.problem(relative, None, f"is {size:,} bytes, more than the {MAX_INPUT_FILE_BYTES:,} an input "
+                             "file may hold", "shorten it (a prompt holds at most 1,000,000 characters anyway)")
+                return None
             data = path.read_bytes()
         except OSError as error:
             self.problem(
@@ -457,6 +571,11 @@ class _Loader:
                 "make the file readable by the user running daydream",
             )
             return None
+        fix = "save the file with UTF-8 encoding (in a spreadsheet: Save As, CSV UTF-8)"
+        nul_problem = _nul_problem(data)
+        if nul_problem:
+            self.problem(relative, nul_problem[1], nul_problem[0], fix)
+            return None
         try:
             return data.decode("utf-8-sig")
         except UnicodeDecodeError as error:
@@ -464,8 +583,8 @@ class _Loader:
             self.problem(
                 relative,
                 line,
-                f"is not valid UTF-8 (byte 0x{data[error.start]:02x})",
-                "save the file with UTF-8 encoding",
+                f"is not valid UTF-8 (byte 0x{data[error.start]:02x}; it looks like Latin-1 or Windows-1252)",
+                fix,
             )
             return None
 
@@ -521,23 +640,32 @@ class _Loader:
 
     def unique_ids(self, rows: list[_Row], column: str) -> list[_Row]:
         """The rows whose id is safe and not seen before; the others are reported."""
-        seen: dict[str, int] = {}
+        seen: dict[str, _Row] = {}
         kept = []
         for row in rows:
             value = row[column]
+            first = seen.get(value.casefold())
             if not value:
                 self.problem(row.file, row.line, f"{column} is empty", f"give every row a {column}")
             elif not is_safe_id(value):
                 self.problem(row.file, row.line, f"{column} '{value}' has unsafe characters", SAFE_ID_RULE)
-            elif value in seen:
+            elif len(value) > MAX_ID_LENGTH:
+                self.problem(row.file, row.line, f"{column} '{value[:20]}…' is {len(value)} characters long",
+                             f"use at most {MAX_ID_LENGTH} characters (ids become parts of file names)")
+            elif first is not None:
+                same = "" if first[column] == value else (
+                    f", '{first[column]}' differs only in case and names the same file on a case-insensitive "
+                    "file system"
+                )
                 self.problem(
                     row.file,
                     row.line,
-                    f"duplicate {column} '{value}' (first on line {seen[value]})",
+                    f"duplicate {column} '{value}' (first on line {first.line}{same})",
                     f"give each row its own {column}",
                 )
             else:
-                seen[value] = row.line
+                seen[value.casefold()] = row
+                self.id_rows[(row.file, value)] = row.line
                 kept.append(row)
         return kept
 
@@ -563,8 +691,8 @@ class _Loader:
         )
         return None
 
-    def number(self, row: _Row, column: str, *, positive: bool = False) -> float | None:
-        """An optional number; empty means none."""
+    def number(self, row: _Row, column: str, *, minimum: float, maximum: float | None = None) -> float | None:
+        """An optional number within [minimum, maximum]; empty means none."""
         text = row[column]
         if not text:
             return None
@@ -572,9 +700,9 @@ class _Loader:
             value = float(text)
         except ValueError:
             value = math.nan
-        if math.isfinite(value) and (value > 0 or not positive) and value >= 0:
+        if math.isfinite(value) and value >= minimum and (maximum is None or value <= maximum):
             return value
-        kind = "a positive number" if positive else "a number of 0 or more"
+        kind = f"a number of {minimum:g} or more" if maximum is None else f"a number from {minimum:g} to {maximum:g}"
         self.problem(
             row.file, row.line, f"{column} '{text}' is not {kind}", f"write {column} as {kind}, or leave it empty"
         )
@@ -720,7 +848,7 @@ class _Loader:
         tiers, tier_rows = {}, {}
         for row in self.unique_ids(rows or [], "tier"):
             max_concurrent = self.whole_number(row, "max_concurrent")
-            rpm = self.number(row, "requests_per_minute", positive=True)
+            rpm = self.number(row, "requests_per_minute", minimum=1)
             if max_concurrent is not None and (rpm is not None or not row["requests_per_minute"]):
                 tiers[row["tier"]] = TierSpec(tier=row["tier"], max_concurrent=max_concurrent, requests_per_minute=rpm)
                 tier_rows[row["tier"]] = row.values
@@ -736,12 +864,16 @@ class _Loader:
             active = self.flag(row, "active")
             for_generation = self.flag(row, "for_generation")
             for_evaluation = self.flag(row, "for_evaluation")
-            temperature = self.number(row, "temperature")
+            temperature = self.number(row, "temperature", minimum=TEMPERATURE_RANGE[0], maximum=TEMPERATURE_RANGE[1])
             max_tokens = self.whole_number(row, "max_tokens", optional=True)
             for column in ("model", "provider", "tier"):
                 if not row[column]:
                     self.problem(row.file, row.line, f"{column} is empty", f"give every model a {column}")
-            if active and row["tier"] and row["tier"] not in tiers and not self.problems_in(TIERS_CSV):
+            if row["tier"] and not is_safe_id(row["tier"]):
+                self.problem(row.file, row.line, f"tier '{row['tier']}' of model '{row['id']}' has unsafe characters",
+                             SAFE_ID_RULE)
+            if (active and is_safe_id(row["tier"]) and row["tier"] not in tiers
+                    and not self.problems_in(TIERS_CSV)):
                 known = ", ".join(tiers) or "none"
                 self.problem(
                     row.file,
@@ -766,6 +898,10 @@ class _Loader:
             if for_generation or for_evaluation:
                 active_rows.append(row.values)
                 used_tiers.add(row["tier"])
+            else:
+                self.warnings.append(InputProblem(
+                    row.file, row.line, f"model '{row['id']}' is active but neither for_generation nor for_evaluation, "
+                    "so it is not used", "set for_generation or for_evaluation to true, or active to false"))
         if rows is not None and not self.problems_in(MODELS_CSV):
             if not generation:
                 self.problem(
@@ -796,12 +932,15 @@ class _Loader:
     ) -> None:
         """Render every active generation template with every combination the experiment will
         make, and every evaluation template with a stand-in response: a template that fails on
-        some combination fails here, not mid-run."""
-        combos = list(itertools.combinations(concepts, k_max)) if k_max else [tuple(concepts)]
+        some combination fails here, not mid-run, naming that combination (a syntax error is the
+        template's own)."""
         for template in generation:
             relative = f"generation_templates/{template.template_id}.txt"
-            for index, members in enumerate(combos):
-                context = f"with the combination {', '.join(c.concept_id for c in members)}: " if index else ""
+            if not self.probe(relative, lambda t=template: compile_template(t.text)):
+                continue
+            combos = itertools.combinations(concepts, k_max) if k_max else [tuple(concepts)]
+            for members in combos:
+                context = f"with the combination {', '.join(c.concept_id for c in members)}: " if k_max else ""
                 if not self.probe(relative, lambda t=template, m=members: render_generation_prompt(t, list(m)), context):
                     break
         for template in evaluation:
@@ -827,3 +966,18 @@ def _tier_row(tier: TierSpec) -> dict[str, str]:
         "max_concurrent": str(tier.max_concurrent),
         "requests_per_minute": "" if rpm is None else f"{rpm:g}",
     }
+
+
+def _nul_problem(data: bytes) -> tuple[str, int | None] | None:
+    """UTF-16 decodes as UTF-8 whenever the text is ASCII, with a NUL between every two letters:
+    recognised by its byte-order mark or by its NULs, before decoding. A few NULs in UTF-8 text
+    are named as such."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "is not UTF-8: it is UTF-16 (it starts with a UTF-16 byte-order mark)", None
+    nuls = data.count(0)
+    if not nuls:
+        return None
+    if nuls * 4 < len(data):
+        return f"holds {nuls} NUL byte(s), the first on this line", data[: data.index(0)].count(b"\n") + 1
+    order = "little-endian " if data[1::2].count(0) > data[0::2].count(0) else ""
+    return f"is not UTF-8: it is {order}UTF-16 or another encoding with NUL bytes (found {nuls} NUL bytes)", None

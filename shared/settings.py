@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     retry_max_delay_s: float = 120.0
     evaluate_truncated: bool = True
 
+    max_planned_calls: int = Field(default=100_000, ge=1)
+    """`plan`, `publish` and `run` refuse an experiment that would make more LLM calls than this
+    (generations + evaluations), counted before anything is built."""
+
     ack_wait_s: float = 60.0
     heartbeat_s: float = 15.0
     duplicate_window_s: float = 3600.0

@@ -146,20 +146,51 @@ def evaluation_tasks(generation: GenerationTask, response_text: str, truncated: 
     ]
 
 
+@dataclass(frozen=True)
+class PlanSize:
+    """How many of each thing an experiment makes: known by arithmetic, before any is built."""
+
+    concepts: int
+    k_max: int
+    generation_templates: int
+    generation_models: int
+    replicates: int
+    evaluation_templates: int
+    evaluation_models: int
+
+    @property
+    def combos(self) -> int:
+        return math.comb(self.concepts, self.k_max)
+
+    @property
+    def generation_tasks(self) -> int:
+        return self.combos * self.generation_templates * self.generation_models * self.replicates
+
+    @property
+    def evaluation_tasks(self) -> int:
+        return self.generation_tasks * self.evaluation_templates * self.evaluation_models
+
+    @property
+    def calls(self) -> int:
+        return self.generation_tasks + self.evaluation_tasks
+
+
 def planned_counts(spec: ExperimentSpec) -> PlannedCounts:
     """Task totals by arithmetic, so progress and ETA are known without building any task."""
-    combos = math.comb(len(spec.concepts), spec.k_max)
-    per_generation_model = combos * len(spec.generation_templates) * spec.replicates
-    generation_total = per_generation_model * len(spec.generation_models)
-    per_evaluation_model = generation_total * len(spec.evaluation_templates)
+    size = PlanSize(
+        len(spec.concepts), spec.k_max, len(spec.generation_templates), len(spec.generation_models),
+        spec.replicates, len(spec.evaluation_templates), len(spec.evaluation_models),
+    )
+    per_generation_model = size.combos * size.generation_templates * size.replicates
+    per_evaluation_model = size.generation_tasks * size.evaluation_templates
     by_tier: dict[str, Counter[str]] = {"generation": Counter(), "evaluation": Counter()}
     for model in spec.generation_models:
         by_tier["generation"][model.tier] += per_generation_model
     for model in spec.evaluation_models:
         by_tier["evaluation"][model.tier] += per_evaluation_model
     return PlannedCounts(
-        generation_tasks=generation_total,
-        evaluation_tasks=per_evaluation_model * len(spec.evaluation_models),
+        generation_tasks=size.generation_tasks,
+        evaluation_tasks=size.evaluation_tasks,
         tasks_by_tier={stage: dict(counts) for stage, counts in by_tier.items()},
     )
 

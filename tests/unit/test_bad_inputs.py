@@ -47,6 +47,14 @@ def materialise(name: str, root: Path) -> BadCase:
     for encoding, table in (("utf-8", case.get("write", {})), ("latin-1", case.get("write_latin1", {}))):
         for relative, content in table.items():
             (raw / relative).write_bytes(content.encode(encoding))
+    for encoded in case.get("write_encoded", []):
+        (raw / encoded["file"]).write_bytes(encoded["content"].encode(encoded["encoding"]))
+    for link in case.get("symlink", []):
+        outside = root / "outside" / Path(link["file"]).name
+        outside.parent.mkdir(exist_ok=True)
+        outside.write_text(link["content"], encoding="utf-8")
+        (raw / link["file"]).unlink()
+        (raw / link["file"]).symlink_to(outside)
     expected = [line for line in (case_dir / "expected.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     return BadCase(data=root / "data", file=case["file"], row=case.get("row"), expected=expected)
 
