@@ -9,6 +9,7 @@ from daydream.rerun_cmd import rerun
 from daydream.results_cmd import check, rebuild, results, status
 from daydream.run_cmd import down, run, up
 from daydream.score_cmd import score
+from daydream.viewer.command import view
 
 app = typer.Typer(
     help="DayDream: combinatorial LLM experiments — concepts -> prompts -> writers -> judges -> scores.",
@@ -27,3 +28,4 @@ app.command("score")(score)
 app.command("up")(up)
 app.command("down")(down)
 app.command("fake-llm")(fake_llm)
+app.command("view")(view)

@@ -1,0 +1,84 @@
+"""The viewer's read queries over the tracker's tables (plain columns, current rows only)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import combinations
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from daydream.viewer.stats import Estimate, krippendorff_alpha, mean_ci, spearman_ci
+from services.tracker.tables import EvaluationResult
+
+
+@dataclass(frozen=True)
+class Score:
+    generation_task_id: str
+    template: str
+    model: str
+    rubric: str
+    judge: str
+    judge_model: str
+    score: float | None
+    parse_error: str | None
+
+
+def scores(engine: Engine, experiment_id: str) -> list[Score]:
+    """Every answered evaluation of the experiment: its score or its parse error."""
+    e = EvaluationResult
+    with Session(engine) as session:
+        rows = session.exec(
+            select(e.generation_task_id, e.generation_template_id, e.generation_model, e.evaluation_template_id,
+                   e.evaluation_model_id, e.evaluation_model, e.score, e.parse_error)
+            .where(e.experiment_id == experiment_id, e.has_score == True)  # noqa: E712
+        ).all()
+    return [Score(*row) for row in rows]
+
+
+def leaderboard(rows: list[Score]) -> dict[str, list[tuple[str, str, Estimate]]]:
+    """Per rubric, (template, model, mean with 95 % CI and n), best mean first."""
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        if row.score is not None:
+            groups[(row.rubric, row.template, row.model or "?")].append(row.score)
+    board: dict[str, list[tuple[str, str, Estimate]]] = defaultdict(list)
+    for (rubric, template, model), values in sorted(groups.items()):
+        board[rubric].append((template, model, mean_ci(values)))
+    for entries in board.values():
+        entries.sort(key=lambda entry: -(entry[2].value or 0))
+    return dict(board)
+
+
+def parse_failure_rate(rows: list[Score]) -> float | None:
+    return sum(row.parse_error is not None for row in rows) / len(rows) if rows else None
+
+
+@dataclass(frozen=True)
+class PairAgreement:
+    judge_a: str
+    judge_b: str
+    rho: Estimate
+    points: list[tuple[float, float]]
+
+
+def agreement(rows: list[Score]) -> tuple[float | None, list[PairAgreement]]:
+    """Ordinal alpha over all judges (a judge is rubric + model) and Spearman per judge pair."""
+    by_unit: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row.score is not None:
+            by_unit[row.generation_task_id][f"{row.rubric}/{row.judge}"] = row.score
+    judges = sorted({judge for unit in by_unit.values() for judge in unit})
+    alpha = krippendorff_alpha([[unit.get(judge) for judge in judges] for unit in by_unit.values()])
+    pairs = []
+    for a, b in combinations(judges, 2):
+        points = [(unit[a], unit[b]) for unit in by_unit.values() if a in unit and b in unit]
+        rho = spearman_ci([p[0] for p in points], [p[1] for p in points])
+        pairs.append(PairAgreement(a, b, rho, points))
+    return alpha, pairs
+
+
+def self_judged(rows: list[Score]) -> set[tuple[str, str]]:
+    """(judge model, rubric) pairs that graded text written by their own model."""
+    return {(row.judge_model, row.rubric) for row in rows if row.judge_model == row.model}
