@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from html import escape
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from daydream.viewer import data
-from daydream.viewer.stats import Estimate
+from daydream.viewer.stats import Estimate, mean_ci
 from services.tracker.db import engine_for
 from services.tracker.views import Views
 
@@ -55,7 +56,8 @@ def create_app(data_dir: Path) -> Starlette:
         if experiment_id not in views.experiment_ids():
             return HTMLResponse(f"unknown experiment {escape(experiment_id)}", status_code=404)
         rows = data.scores(engine, experiment_id)
-        body = [f"<p>parse-failure rate: {_fmt(data.parse_failure_rate(rows))} of {len(rows)} answers</p>"]
+        body = [f"<p><a href='/experiment/{escape(experiment_id)}/generations'>generations</a></p>",
+                f"<p>parse-failure rate: {_fmt(data.parse_failure_rate(rows))} of {len(rows)} answers</p>"]
         for rubric, entries in data.leaderboard(rows).items():
             lines = "".join(
                 f"<tr><td>{escape(template)}</td><td>{escape(model)}</td><td class='mean'>{_fmt(e.value)}</td>"
@@ -74,4 +76,66 @@ def create_app(data_dir: Path) -> Starlette:
             body.append(f"<h2>Self-judging</h2><ul>{items}</ul>")
         return _page(f"Experiment {experiment_id}", "".join(body))
 
-    return Starlette(routes=[Route("/", index), Route("/experiment/{experiment_id}", experiment)])
+    def _read(relative: str | None) -> str:
+        path = views.layout.absolute(relative) if relative else None
+        return path.read_text(encoding="utf-8") if path and path.is_file() else ""
+
+    async def generation_list(request: Request) -> HTMLResponse:
+        experiment_id = request.path_params["experiment_id"]
+        query = request.query_params
+        concepts = data.concepts_by_combo(engine)
+        rows = data.scores(engine, experiment_id)
+        mean_by_gen = {gen: mean_ci([r.score for r in rows if r.generation_task_id == gen and r.score is not None])
+                       for gen in {r.generation_task_id for r in rows}}
+        errors = {r.generation_task_id for r in rows if r.parse_error}
+        low, high = float(query.get("min") or "-inf"), float(query.get("max") or "inf")
+        shown = []
+        for gen in data.generations(engine, experiment_id):
+            score = mean_by_gen.get(gen.task_id, mean_ci([])).value
+            if ((query.get("template") and gen.template != query["template"])
+                    or (query.get("model") and gen.model != query["model"])
+                    or (query.get("concept") and query["concept"] not in concepts.get(gen.combo_id, []))
+                    or (query.get("errors") and gen.task_id not in errors)
+                    or ((query.get("min") or query.get("max")) and (score is None or not low <= score <= high))
+                    or (query.get("q") and query["q"].lower() not in _read(gen.response_path).lower())):
+                continue
+            shown.append(f"<tr class='generation'><td><a href='/experiment/{escape(experiment_id)}/generation/"
+                         f"{escape(gen.task_id)}'>{escape(gen.task_id)}</a></td><td>{escape(gen.template)}</td>"
+                         f"<td>{escape(gen.model)}</td><td>{escape(', '.join(concepts.get(gen.combo_id, [])))}</td>"
+                         f"<td>{_fmt(score)}</td></tr>")
+        fields = "".join(f"<label>{name} <input name='{name}' value='{escape(query.get(name, ''))}'></label> "
+                         for name in ("template", "model", "concept", "min", "max", "q"))
+        form = (f"<form>{fields}<label><input type='checkbox' name='errors' value='1'"
+                f"{' checked' if query.get('errors') else ''}> parse errors only</label> <button>filter</button></form>")
+        return _page(f"Generations of {experiment_id}",
+                     f"{form}<p id='count'>{len(shown)} generations</p><table><tr><th>task</th><th>template</th>"
+                     f"<th>model</th><th>concepts</th><th>mean score</th></tr>{''.join(shown)}</table>")
+
+    async def generation(request: Request) -> HTMLResponse:
+        experiment_id, task_id = request.path_params["experiment_id"], request.path_params["task_id"]
+        found = [g for g in data.generations(engine, experiment_id) if g.task_id == task_id]
+        if not found:
+            return HTMLResponse(f"unknown generation {escape(task_id)}", status_code=404)
+        gen = found[0]
+        concepts = ", ".join(data.concepts_by_combo(engine).get(gen.combo_id, []))
+        answers = []
+        for rubric, judge, score, error, response_path, score_path in data.judge_answers(engine, experiment_id, task_id):
+            parsed = _read(score_path)
+            lines = json.loads(parsed).get("lines_examined", []) if parsed else []
+            answers.append(f"<tr class='answer'><td>{escape(rubric)}<br>{escape(judge)}</td>"
+                           f"<td><pre>{escape(_read(response_path))}</pre></td>"
+                           f"<td>{_fmt(score) if error is None else 'ERROR ' + escape(error)}"
+                           f"<pre>{escape(chr(10).join(lines))}</pre></td></tr>")
+        return _page(f"Generation {task_id}",
+                     f"<p>template {escape(gen.template)} · model {escape(gen.model)} · concepts {escape(concepts)}</p>"
+                     f"<h2>Prompt</h2><pre>{escape(_read(gen.prompt_path))}</pre>"
+                     f"<h2>Text</h2><pre>{escape(_read(gen.response_path))}</pre><h2>Judges</h2>"
+                     f"<table><tr><th>judge</th><th>answer</th><th>score / lines the parser read</th></tr>"
+                     f"{''.join(answers)}</table>")
+
+    return Starlette(routes=[
+        Route("/", index),
+        Route("/experiment/{experiment_id}", experiment),
+        Route("/experiment/{experiment_id}/generations", generation_list),
+        Route("/experiment/{experiment_id}/generation/{task_id}", generation),
+    ])

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from daydream.viewer.stats import Estimate, krippendorff_alpha, mean_ci, spearman_ci
-from services.tracker.tables import EvaluationResult
+from services.tracker.tables import ComboMapping, EvaluationResult, GenerationResult
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,43 @@ def agreement(rows: list[Score]) -> tuple[float | None, list[PairAgreement]]:
 def self_judged(rows: list[Score]) -> set[tuple[str, str]]:
     """(judge model, rubric) pairs that graded text written by their own model."""
     return {(row.judge_model, row.rubric) for row in rows if row.judge_model == row.model}
+
+
+@dataclass(frozen=True)
+class Generation:
+    task_id: str
+    combo_id: str
+    template: str
+    model: str
+    prompt_path: str
+    response_path: str
+
+
+def generations(engine: Engine, experiment_id: str) -> list[Generation]:
+    g = GenerationResult
+    with Session(engine) as session:
+        rows = session.exec(
+            select(g.task_id, g.combo_id, g.generation_template_id, g.generation_model, g.prompt_path,
+                   g.response_path).where(g.experiment_id == experiment_id).order_by(g.task_id)
+        ).all()
+    return [Generation(*row) for row in rows]
+
+
+def concepts_by_combo(engine: Engine) -> dict[str, list[str]]:
+    with Session(engine) as session:
+        rows = session.exec(select(ComboMapping.combo_id, ComboMapping.concept_id)).all()
+    members: dict[str, list[str]] = defaultdict(list)
+    for combo_id, concept_id in rows:
+        members[combo_id].append(concept_id)
+    return {combo: sorted(concepts) for combo, concepts in members.items()}
+
+
+def judge_answers(engine: Engine, experiment_id: str, generation_task_id: str) -> list[tuple]:
+    """(rubric, judge model, score, parse error, response path, score path) of one generation."""
+    e = EvaluationResult
+    with Session(engine) as session:
+        return list(session.exec(
+            select(e.evaluation_template_id, e.evaluation_model, e.score, e.parse_error, e.response_path,
+                   e.score_path).where(e.experiment_id == experiment_id, e.generation_task_id == generation_task_id)
+            .order_by(e.task_id)
+        ).all())

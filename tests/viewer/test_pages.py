@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 from daydream.viewer.app import create_app
 from daydream.viewer.stats import mean_ci
 from services.tracker.db import engine_for, init_db
-from services.tracker.tables import EvaluationResult, Experiment
+from services.tracker.tables import EvaluationResult, Experiment, GenerationResult
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -43,3 +43,35 @@ def test_experiment_page_shows_the_databases_means_and_agreement(tmp_path: Path)
     assert "Krippendorff" in page and "Spearman rho" in page
     assert "writer judged its own text" in page
     assert client.get("/experiment/nope").status_code == 404
+
+
+def _generation(data_dir: Path, task_id: str, template: str, text: str) -> GenerationResult:
+    (data_dir / f"{task_id}.txt").write_text(text, encoding="utf-8")
+    (data_dir / f"{task_id}.prompt.txt").write_text(f"prompt of {task_id}", encoding="utf-8")
+    return GenerationResult(
+        experiment_id="exp", task_id=task_id, combo_id="c", generation_template_id=template,
+        generation_model_id="writer", generation_model="writer", tier="free", replicate=0, status="done",
+        started_at=NOW, finished_at=NOW, prompt_path=f"{task_id}.prompt.txt", response_path=f"{task_id}.txt",
+        call_path="", prompt_chars=1, response_chars=len(text))
+
+
+def test_generation_filters_search_and_detail(tmp_path: Path) -> None:
+    engine = engine_for(tmp_path)
+    init_db(engine)
+    with Session(engine) as session:
+        session.add(Experiment(experiment_id="exp", requested_at=NOW))
+        session.add(_generation(tmp_path, "g0", "t1", "a loop that daydreams"))
+        session.add(_generation(tmp_path, "g1", "t2", "economic moats"))
+        session.add(_evaluation("g0", "judge-a", 7))
+        session.add(_evaluation("g1", "judge-a", None))
+        session.commit()
+    client = TestClient(create_app(tmp_path))
+    url = "/experiment/exp/generations"
+    assert "2 generations" in client.get(url).text
+    assert "1 generations" in client.get(url, params={"template": "t2"}).text
+    assert ">g1<" in client.get(url, params={"errors": "1"}).text
+    found = client.get(url, params={"q": "DAYDREAMS"}).text
+    assert ">g0<" in found and ">g1<" not in found
+    assert ">g0<" not in client.get(url, params={"min": "8"}).text
+    detail = client.get("/experiment/exp/generation/g0").text
+    assert "a loop that daydreams" in detail and "prompt of g0" in detail and "7.000" in detail
