@@ -49,7 +49,7 @@ def create_app(data_dir: Path) -> Starlette:
     async def index(_request: Request) -> HTMLResponse:
         items = "".join(f"<li><a href='/experiment/{escape(eid)}'>{escape(eid)}</a></li>"
                         for eid in views.experiment_ids())
-        return _page("DayDream experiments", f"<ul>{items or '<li>none recorded yet</li>'}</ul>")
+        return _page("DayDream experiments", f"<p><a href='/compare'>compare two</a></p><ul>{items or '<li>none recorded yet</li>'}</ul>")
 
     async def experiment(request: Request) -> HTMLResponse:
         experiment_id = request.path_params["experiment_id"]
@@ -133,7 +133,25 @@ def create_app(data_dir: Path) -> Starlette:
                      f"<table><tr><th>judge</th><th>answer</th><th>score / lines the parser read</th></tr>"
                      f"{''.join(answers)}</table>")
 
+    async def compare(request: Request) -> HTMLResponse:
+        known = views.experiment_ids()
+        a, b = request.query_params.get("a", ""), request.query_params.get("b", "")
+        options = "".join(f"<option>{escape(eid)}</option>" for eid in known)
+        body = [f"<form>before <select name='a'>{options}</select> after <select name='b'>{options}</select>"
+                " <button>compare</button></form>"]
+        if a in known and b in known:
+            lines = []
+            for rubric, template, model, diff in data.compare(data.scores(engine, a), data.scores(engine, b)):
+                moved = diff.low is not None and (diff.low > 0 or diff.high < 0)
+                lines.append(f"<tr class='{'moved' if moved else 'same'}'><td>{escape(rubric)}</td>"
+                             f"<td>{escape(template)}</td><td>{escape(model)}</td><td>{_fmt(diff.value)}</td>"
+                             f"<td>{_interval(diff)}</td><td>{'moved' if moved else ''}</td></tr>")
+            body.append(f"<h2>{escape(b)} minus {escape(a)}</h2><table><tr><th>rubric</th><th>template</th>"
+                        f"<th>model</th><th>difference</th><th>95% CI</th><th></th></tr>{''.join(lines)}</table>")
+        return _page("Compare experiments", "".join(body))
+
     return Starlette(routes=[
+        Route("/compare", compare),
         Route("/", index),
         Route("/experiment/{experiment_id}", experiment),
         Route("/experiment/{experiment_id}/generations", generation_list),

@@ -9,7 +9,7 @@ from itertools import combinations
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from daydream.viewer.stats import Estimate, krippendorff_alpha, mean_ci, spearman_ci
+from daydream.viewer.stats import Estimate, difference_ci, krippendorff_alpha, mean_ci, spearman_ci
 from services.tracker.tables import ComboMapping, EvaluationResult, GenerationResult
 
 
@@ -37,12 +37,18 @@ def scores(engine: Engine, experiment_id: str) -> list[Score]:
     return [Score(*row) for row in rows]
 
 
-def leaderboard(rows: list[Score]) -> dict[str, list[tuple[str, str, Estimate]]]:
-    """Per rubric, (template, model, mean with 95 % CI and n), best mean first."""
+def _grouped(rows: list[Score]) -> dict[tuple[str, str, str], list[float]]:
+    """Scores per (rubric, template, model)."""
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in rows:
         if row.score is not None:
             groups[(row.rubric, row.template, row.model or "?")].append(row.score)
+    return groups
+
+
+def leaderboard(rows: list[Score]) -> dict[str, list[tuple[str, str, Estimate]]]:
+    """Per rubric, (template, model, mean with 95 % CI and n), best mean first."""
+    groups = _grouped(rows)
     board: dict[str, list[tuple[str, str, Estimate]]] = defaultdict(list)
     for (rubric, template, model), values in sorted(groups.items()):
         board[rubric].append((template, model, mean_ci(values)))
@@ -122,3 +128,9 @@ def judge_answers(engine: Engine, experiment_id: str, generation_task_id: str) -
                    e.score_path).where(e.experiment_id == experiment_id, e.generation_task_id == generation_task_id)
             .order_by(e.task_id)
         ).all())
+
+
+def compare(before: list[Score], after: list[Score]) -> list[tuple[str, str, str, Estimate]]:
+    """Per (rubric, template, model) in both experiments: mean(after) - mean(before) with its interval."""
+    a, b = _grouped(before), _grouped(after)
+    return [(*key, difference_ci(a[key], b[key])) for key in sorted(a.keys() & b.keys())]

@@ -75,3 +75,18 @@ def test_generation_filters_search_and_detail(tmp_path: Path) -> None:
     assert ">g0<" not in client.get(url, params={"min": "8"}).text
     detail = client.get("/experiment/exp/generation/g0").text
     assert "a loop that daydreams" in detail and "prompt of g0" in detail and "7.000" in detail
+
+
+def test_compare_shows_differences_and_flags_what_moved(tmp_path: Path) -> None:
+    engine = engine_for(tmp_path)
+    init_db(engine)
+    with Session(engine) as session:
+        for experiment_id, values in (("old", [2, 3, 2, 3]), ("new", [8, 9, 8, 9])):
+            session.add(Experiment(experiment_id=experiment_id, requested_at=NOW))
+            for i, value in enumerate(values):
+                row = _evaluation(f"g{i}", "judge-a", value)
+                row.experiment_id = experiment_id
+                session.add(row)
+        session.commit()
+    page = TestClient(create_app(tmp_path)).get("/compare", params={"a": "old", "b": "new"}).text
+    assert "6.000" in page and "class='moved'" in page
