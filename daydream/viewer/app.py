@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from html import escape
 from pathlib import Path
 
@@ -42,6 +43,39 @@ def _scatter(points: list[tuple[float, float]], size: int = 160) -> str:
     return f"<svg width='{size}' height='{size}' style='border:1px solid #ccc'>{dots}</svg>"
 
 
+def _heatmap(entries: list[tuple[str, str, Estimate]], top: float) -> str:
+    """Template rows × model columns, each cell's colour its mean on the rubric's observed scale."""
+    templates = sorted({t for t, _, _ in entries})
+    models = sorted({m for _, m, _ in entries})
+    means = {(t, m): e.value for t, m, e in entries}
+    cell, left = 60, 120
+    parts = [f"<text x='{left + i * cell + 4}' y='12' font-size='10'>{escape(m[:10])}</text>"
+             for i, m in enumerate(models)]
+    for row, template in enumerate(templates):
+        y = 18 + row * cell // 2
+        parts.append(f"<text x='0' y='{y + 18}' font-size='10'>{escape(template[:18])}</text>")
+        for col, model in enumerate(models):
+            value = means.get((template, model))
+            shade = 255 - int(200 * (value or 0) / (top or 1))
+            parts.append(f"<rect x='{left + col * cell}' y='{y}' width='{cell - 2}' height='{cell // 2 - 2}'"
+                         f" fill='rgb({shade},{shade},255)'/><text x='{left + col * cell + 8}' y='{y + 18}'"
+                         f" font-size='11'>{_fmt(value)[:4]}</text>")
+    height = 24 + len(templates) * cell // 2
+    return f"<svg class='heatmap' width='{left + len(models) * cell}' height='{height}'>{''.join(parts)}</svg>"
+
+
+def _histogram(values: list[float], width: int = 240, height: int = 80) -> str:
+    counts = Counter(values)
+    if not counts:
+        return ""
+    lo, hi, most = min(counts), max(counts), max(counts.values())
+    span = (hi - lo) or 1
+    bars = "".join(f"<rect x='{(v - lo) / span * (width - 20):.1f}' y='{height - c / most * (height - 14):.1f}'"
+                   f" width='16' height='{c / most * (height - 14):.1f}' fill='#36c'><title>{v:g}: {c}</title></rect>"
+                   for v, c in sorted(counts.items()))
+    return f"<svg class='histogram' width='{width}' height='{height}'>{bars}</svg>"
+
+
 def create_app(data_dir: Path) -> Starlette:
     engine = engine_for(data_dir)
     views = Views(data_dir, engine)
@@ -62,8 +96,13 @@ def create_app(data_dir: Path) -> Starlette:
             lines = "".join(
                 f"<tr><td>{escape(template)}</td><td>{escape(model)}</td><td class='mean'>{_fmt(e.value)}</td>"
                 f"<td>{_interval(e)}</td><td>{e.n}</td></tr>" for template, model, e in entries)
+            top = max((row.score for row in rows if row.rubric == rubric and row.score is not None), default=1)
             body.append(f"<h2>{escape(rubric)}</h2><table class='leaderboard'><tr><th>template</th><th>model</th>"
-                        f"<th>mean</th><th>95% CI</th><th>n</th></tr>{lines}</table>")
+                        f"<th>mean</th><th>95% CI</th><th>n</th></tr>{lines}</table>{_heatmap(entries, top)}")
+        body.append("<h2>Score distribution per judge</h2>")
+        for judge in sorted({(row.rubric, row.judge_model) for row in rows}):
+            values = [r.score for r in rows if (r.rubric, r.judge_model) == judge and r.score is not None]
+            body.append(f"<div><h3>{escape(' / '.join(judge))}</h3>{_histogram(values)}</div>")
         alpha, pairs = data.agreement(rows)
         body.append(f"<h2>Judge agreement</h2><p>ordinal Krippendorff's alpha: <b id='alpha'>{_fmt(alpha)}</b></p>")
         for pair in pairs:

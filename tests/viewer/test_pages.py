@@ -41,6 +41,7 @@ def test_experiment_page_shows_the_databases_means_and_agreement(tmp_path: Path)
     assert f"{mean_ci(a_scores + b_scores).value:.3f}" in page
     assert "parse-failure rate: 0.111 of 9" in page
     assert "Krippendorff" in page and "Spearman rho" in page
+    assert "class='heatmap'" in page and page.count("class='histogram'") == 2
     assert "writer judged its own text" in page
     assert client.get("/experiment/nope").status_code == 404
 
