@@ -22,7 +22,7 @@ STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
 
 
 def _page(title: str, body: str) -> HTMLResponse:
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>{escape(title)}</title>"
                         f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>")
 
 
