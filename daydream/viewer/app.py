@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from html import escape
 from pathlib import Path
 
@@ -124,8 +124,11 @@ def create_app(data_dir: Path) -> Starlette:
         query = request.query_params
         concepts = data.concepts_by_combo(engine)
         rows = data.scores(engine, experiment_id)
-        mean_by_gen = {gen: mean_ci([r.score for r in rows if r.generation_task_id == gen and r.score is not None])
-                       for gen in {r.generation_task_id for r in rows}}
+        scores_by_gen: dict[str, list[float]] = defaultdict(list)
+        for row in rows:
+            if row.score is not None:
+                scores_by_gen[row.generation_task_id].append(row.score)
+        mean_by_gen = {gen: mean_ci(values) for gen, values in scores_by_gen.items()}
         errors = {r.generation_task_id for r in rows if r.parse_error}
         low, high = float(query.get("min") or "-inf"), float(query.get("max") or "inf")
         shown = []

@@ -80,12 +80,21 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return pearson(ranks(x), ranks(y))
 
 
+BOOTSTRAP_MAX_N = 200
+"""Above this many pairs the interval is Fieller's Fisher-z one: a bootstrap of 1000 re-rankings of
+thousands of pairs took most of the two minutes an experiment of 20,000 evaluations took to open."""
+
+
 def spearman_ci(x: Sequence[float], y: Sequence[float], resamples: int = 1000, seed: int = 0) -> Estimate:
-    """rho with a percentile bootstrap 95 % interval over resampled pairs (seeded: pages are stable)."""
+    """rho with a percentile bootstrap 95 % interval over resampled pairs (seeded: pages are stable);
+    for more than BOOTSTRAP_MAX_N pairs, Fisher's z with Fieller et al.'s (1957) variance 1.06/(n-3)."""
     rho = spearman(x, y)
     n = len(x)
     if rho is None or n < 3:
         return Estimate(rho, None, None, n)
+    if n > BOOTSTRAP_MAX_N:
+        z, half = math.atanh(max(-0.999999, min(0.999999, rho))), Z_95 * math.sqrt(1.06 / (n - 3))
+        return Estimate(rho, math.tanh(z - half), math.tanh(z + half), n)
     rng = random.Random(seed)
     boot = []
     for _ in range(resamples):

@@ -50,3 +50,10 @@ def test_mean_and_difference_intervals() -> None:
     diff = difference_ci([4, 6], [7, 9])
     assert diff.value == 3
     assert diff.low < 3 < diff.high
+
+
+def test_large_samples_get_a_fisher_interval_around_rho() -> None:
+    x = list(range(300))
+    y = [v + (7 if v % 2 else -7) for v in x]
+    estimate = spearman_ci(x, y)
+    assert estimate.low < estimate.value < estimate.high < 1
