@@ -91,3 +91,14 @@ def test_compare_shows_differences_and_flags_what_moved(tmp_path: Path) -> None:
         session.commit()
     page = TestClient(create_app(tmp_path)).get("/compare", params={"a": "old", "b": "new"}).text
     assert "6.000" in page and "class='moved'" in page
+
+
+def test_version_is_the_installed_packages() -> None:
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from daydream.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"daydream {version('daydream')}"
