@@ -1,5 +1,7 @@
 """The `daydream` command: the user's door to plan, run and read experiments."""
 
+from importlib.metadata import version
+
 import typer
 
 from daydream.fake_llm import fake_llm
@@ -9,12 +11,23 @@ from daydream.rerun_cmd import rerun
 from daydream.results_cmd import check, rebuild, results, status
 from daydream.run_cmd import down, run, up
 from daydream.score_cmd import score
+from daydream.viewer.command import view
 
 app = typer.Typer(
     help="DayDream: combinatorial LLM experiments — concepts -> prompts -> writers -> judges -> scores.",
     no_args_is_help=True,
+    invoke_without_command=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def main(show_version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if show_version:
+        typer.echo(f"daydream {version('daydream')}")
+        raise typer.Exit()
+
+
 app.command("plan")(plan)
 app.command("run")(run)
 app.command("publish")(publish)
@@ -27,3 +40,4 @@ app.command("score")(score)
 app.command("up")(up)
 app.command("down")(down)
 app.command("fake-llm")(fake_llm)
+app.command("view")(view)

@@ -1,0 +1,1 @@
+"""`daydream view`: a local, server-rendered results viewer over the tracker's tables."""
