@@ -252,11 +252,13 @@ class EmbeddedStack:
         """The `endpoint_identity` its workers serve."""
         return endpoint_identity(self.llm_base_url, simulated=self.fake_llm is not None) if self.llm_base_url else None
 
-    def start_service(self, name: str, env_overrides: dict[str, str] | None = None, wait: bool = True) -> None:
+    def start_service(self, name: str, env_overrides: dict[str, str] | None = None, wait: bool = True,
+                      module: str | None = None) -> None:
+        """`module` runs another entry point in the service's place (a test's crashing variant)."""
         self.ports.setdefault(name, free_port())
         log = self.logs / f"{name}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], env=self.service_env(name, env_overrides),
+            [sys.executable, "-m", module or f"services.{name}"], env=self.service_env(name, env_overrides),
             stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, pass_fds=self.lock_fds,
         )
         self.processes[name] = process

@@ -52,10 +52,6 @@ class Settings(BaseSettings):
     tracker_lease_ttl_s: float = Field(default=8.0, gt=0)
     """A standby tracker takes over this long (plus a second) after the active one stopped renewing."""
 
-    chaos_exit_after_store: bool = False
-    """Chaos hook for crash tests: the process exits right after a response is stored and before
-    it is published or acked — the worst moment to die."""
-
     fake_llm_latency_s: float = 0.0
     """Seconds each simulated call takes when `daydream run` starts the fake LLM (no API key)."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -130,8 +129,6 @@ class LLMWorker:
             )
         async with _heartbeats(heartbeat, self.settings.heartbeat_s):
             await self.store.put(record)
-        if self.settings.chaos_exit_after_store:
-            os._exit(70)
         metrics.observe_llm_call(task.stage, task.model.id, task.tier.tier, record)
         return Completed(record)
 

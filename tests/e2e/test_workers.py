@@ -176,7 +176,7 @@ async def test_a_worker_killed_after_the_call_but_before_the_ack_does_not_pay_tw
 ) -> None:
     workers.processes["generator"].terminate()
     workers.processes["generator"].wait()
-    workers.start_service("generator", env_overrides={"DAYDREAM_CHAOS_EXIT_AFTER_STORE": "true"})
+    workers.start_service("generator", module="tests.e2e.generator_dying_after_store")
     task = generation_task("crash", 1, "fake/crash-writer", PAID)
     await publish_tasks(workers.nats_url, [task])
     assert workers.processes["generator"].wait(timeout=30) == 70
