@@ -81,6 +81,24 @@ class EvaluationTemplateSpec(TemplateSpec):
     """Whether the scale has decimals: "6.5/10, rounded to 7" is then 6.5, else 7."""
 
 
+QUANTIZATIONS = ("int4", "int8", "fp4", "fp6", "fp8", "fp16", "bf16", "fp32", "unknown")
+"""OpenRouter's documented quantization levels for `provider.quantizations`."""
+
+
+class ProviderRouting(Contract):
+    """OpenRouter's `provider` preferences for one model: which upstream providers may answer.
+    Without `require_parameters`, a provider may silently drop a parameter such as `seed`."""
+
+    order: list[str] = Field(default_factory=list)
+    allow_fallbacks: bool | None = None
+    require_parameters: bool | None = None
+    quantizations: list[str] = Field(default_factory=list)
+
+    def request_field(self) -> dict[str, object]:
+        """The `provider` object as sent: only what is set, so an unset preference is OpenRouter's default."""
+        return self.model_dump(exclude_none=True, exclude_defaults=True)
+
+
 class ModelSpec(Contract):
     id: SafeId
     model: str
@@ -88,6 +106,8 @@ class ModelSpec(Contract):
     tier: SafeId
     temperature: float | None = None
     max_tokens: int | None = None
+    routing: ProviderRouting | None = None
+    """Sent to OpenRouter only; part of the request hash, since it decides who answers."""
 
 
 class TierSpec(Contract):

@@ -32,10 +32,12 @@ from pathlib import Path
 
 from shared.events import (
     DEFAULT_TIERS,
+    QUANTIZATIONS,
     ConceptSpec,
     EvaluationTemplateSpec,
     ExperimentSpec,
     ModelSpec,
+    ProviderRouting,
     TemplateSpec,
     TierSpec,
 )
@@ -80,6 +82,9 @@ TEMPERATURE_RANGE = (0.0, 2.0)
 """What the providers take (OpenAI, OpenRouter, Anthropic's 0-1 falls inside)."""
 
 TRUE_WORDS = ("true", "1", "yes")
+ROUTING_COLUMNS = ("provider_order", "allow_fallbacks", "require_parameters", "quantizations")
+"""Optional llm_models.csv columns: OpenRouter's provider routing for that model."""
+PROVIDER_SLUG = re.compile(r"^[a-z0-9][a-z0-9._/-]*$")
 FALSE_WORDS = ("false", "0", "no")
 
 
@@ -103,7 +108,7 @@ SCHEMAS = {
     MODELS_CSV: CsvSchema(
         MODELS_CSV,
         ("id", "model", "provider", "tier", "for_generation", "for_evaluation", "active"),
-        ("temperature", "max_tokens"),
+        ("temperature", "max_tokens", *ROUTING_COLUMNS),
     ),
     TIERS_CSV: CsvSchema(TIERS_CSV, ("tier", "max_concurrent", "requests_per_minute")),
 }
@@ -669,6 +674,23 @@ class _Loader:
                 kept.append(row)
         return kept
 
+    def routing(self, row: _Row) -> ProviderRouting | None:
+        """The model's OpenRouter routing columns; lists are separated by ';' (the CSV's commas are taken)."""
+        order = [slug.strip() for slug in row["provider_order"].split(";") if slug.strip()]
+        quantizations = [level.strip().lower() for level in row["quantizations"].split(";") if level.strip()]
+        for slug in order:
+            if not PROVIDER_SLUG.match(slug):
+                self.problem(row.file, row.line, f"provider_order entry '{slug}' is not a provider slug",
+                             "list OpenRouter provider slugs separated by ';', e.g. anthropic;openai")
+        for level in quantizations:
+            if level not in QUANTIZATIONS:
+                self.problem(row.file, row.line, f"quantizations entry '{level}' is not a quantization level",
+                             f"use levels separated by ';' from: {', '.join(QUANTIZATIONS)}")
+        flags = {column: self.flag(row, column) if row[column] else None
+                 for column in ("allow_fallbacks", "require_parameters")}
+        routing = ProviderRouting(order=order, quantizations=quantizations, **flags)
+        return routing if routing.request_field() else None
+
     def flag(self, row: _Row, column: str) -> bool | None:
         word = row[column].lower()
         if word in TRUE_WORDS:
@@ -866,6 +888,7 @@ class _Loader:
             for_evaluation = self.flag(row, "for_evaluation")
             temperature = self.number(row, "temperature", minimum=TEMPERATURE_RANGE[0], maximum=TEMPERATURE_RANGE[1])
             max_tokens = self.whole_number(row, "max_tokens", optional=True)
+            routing = self.routing(row)
             for column in ("model", "provider", "tier"):
                 if not row[column]:
                     self.problem(row.file, row.line, f"{column} is empty", f"give every model a {column}")
@@ -890,6 +913,7 @@ class _Loader:
                 tier=row["tier"],
                 temperature=temperature,
                 max_tokens=max_tokens,
+                routing=routing,
             )
             if for_generation:
                 generation.append(model)

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from shared.events import CallParameters, CallRecord, ModelSpec, utcnow
+from shared.events import CallParameters, CallRecord, ModelSpec, ProviderRouting, utcnow
 
 APP_TITLE = "DayDream"
 """Sent to OpenRouter as `X-Title`: it shows usage under this app name."""
@@ -118,10 +118,12 @@ def request_hash(
     messages: list[dict],
     parameters: CallParameters,
     replicate: int,
+    routing: ProviderRouting | None = None,
 ) -> str:
-    """The response-store key: same endpoint (its `endpoint_identity`), model, messages, parameters
-    and replicate means the same paid answer. Unset parameters are left out so adding a parameter field later does
-    not change the hash of old requests."""
+    """The response-store key: same endpoint (its `endpoint_identity`), model, messages, parameters,
+    provider routing and replicate means the same paid answer. Unset parameters and routing are
+    left out, so adding a field later does not change the hash of old requests."""
+    routed = routing.request_field() if routing else {}
     canonical = json.dumps(
         {
             "base_url": endpoint_identity(endpoint),
@@ -129,7 +131,7 @@ def request_hash(
             "messages": messages,
             "parameters": parameters.model_dump(exclude_none=True),
             "replicate": replicate,
-        },
+        } | ({"routing": routed} if routed else {}),
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -144,12 +146,15 @@ def is_openrouter(base_url: str) -> bool:
     return host == "openrouter.ai" or host.endswith(".openrouter.ai")
 
 
-def request_body(model: str, prompt: str, parameters: CallParameters, openrouter: bool) -> dict[str, Any]:
+def request_body(model: str, prompt: str, parameters: CallParameters, openrouter: bool,
+                 routing: ProviderRouting | None = None) -> dict[str, Any]:
     """The `/chat/completions` body: OpenAI's documented fields, plus OpenRouter's usage
-    accounting when the endpoint is OpenRouter."""
+    accounting and provider routing when the endpoint is OpenRouter."""
     body: dict[str, Any] = {"model": model, "messages": chat_messages(prompt)}
     if openrouter:
         body["usage"] = {"include": True}
+        if routing and routing.request_field():
+            body["provider"] = routing.request_field()
     return body | parameters.model_dump(exclude_none=True)
 
 
@@ -278,15 +283,22 @@ class LLMClient:
         base_url: str,
         api_key: str | SecretStr | None,
         timeout_s: float,
+        *,
+        app_url: str | None = None,
+        openrouter: bool | None = None,
     ) -> None:
+        """`app_url` is sent to OpenRouter as `HTTP-Referer`, its app attribution. Whether the
+        endpoint is OpenRouter is told by its host unless `openrouter` says (a stand-in for it)."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         # httpx logs every request at INFO: a log write per call costs ~0.6 ms of CPU (measured
         # here) and says nothing the request metrics do not.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self._api_key = api_key if isinstance(api_key, SecretStr) or api_key is None else SecretStr(api_key)
-        self.openrouter = is_openrouter(self.base_url)
+        self.openrouter = is_openrouter(self.base_url) if openrouter is None else openrouter
         headers = {"X-Title": APP_TITLE} if self.openrouter else {}
+        if self.openrouter and app_url:
+            headers["HTTP-Referer"] = app_url
         if self._secret():
             headers["Authorization"] = f"Bearer {self._secret()}"
         self._http = httpx.AsyncClient(
@@ -321,7 +333,7 @@ class LLMClient:
         request_hash: str,
         replicate: int = 1,
     ) -> CallRecord:
-        body = request_body(model.model, prompt, parameters, self.openrouter)
+        body = request_body(model.model, prompt, parameters, self.openrouter, model.routing)
         started_at = utcnow()
         clock = time.perf_counter()
         try:

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     llm_simulated: bool = False
     """Set by the embedded stack when the base URL is its fake LLM: the endpoint is "simulated"."""
     llm_timeout_s: float = 180.0
+    openrouter_app_url: str | None = None
+    """Your project's URL, sent to OpenRouter only as `HTTP-Referer` (its app attribution); unset, none is sent."""
     max_attempts: int = 6
     retry_base_delay_s: float = 2.0
     retry_max_delay_s: float = 120.0

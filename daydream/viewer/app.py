@@ -22,8 +22,8 @@ STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
 
 
 def _page(title: str, body: str) -> HTMLResponse:
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>{escape(title)}</title>"
-                        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>")
+    head = f"<meta charset='utf-8'><link rel='icon' href='data:,'><title>{escape(title)}</title><style>{STYLE}</style>"
+    return HTMLResponse(f"<!doctype html><html><head>{head}</head><body><h1>{escape(title)}</h1>{body}</body></html>")
 
 
 def _fmt(value: float | None) -> str:
@@ -83,7 +83,8 @@ def create_app(data_dir: Path) -> Starlette:
     async def index(_request: Request) -> HTMLResponse:
         items = "".join(f"<li><a href='/experiment/{escape(eid)}'>{escape(eid)}</a></li>"
                         for eid in views.experiment_ids())
-        return _page("DayDream experiments", f"<p><a href='/compare'>compare two</a></p><ul>{items or '<li>none recorded yet</li>'}</ul>")
+        listing = items or "<li>none recorded yet</li>"
+        return _page("DayDream experiments", f"<p><a href='/compare'>compare two</a></p><ul>{listing}</ul>")
 
     async def experiment(request: Request) -> HTMLResponse:
         experiment_id = request.path_params["experiment_id"]

@@ -63,7 +63,7 @@ def ranks(values: Sequence[float]) -> list[float]:
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     mx, my = mean(x), mean(y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
     sxx = sum((a - mx) ** 2 for a in x)
     syy = sum((b - my) ** 2 for b in y)
     if sxx == 0 or syy == 0:

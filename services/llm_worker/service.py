@@ -55,7 +55,8 @@ class LLMWorkers:
         js = await jetstream(self.broker)
         specs = await ensure_service_topology(js, self.settings, readers=self.readers, stage=self.stage)
         worker = self.worker = LLMWorker(
-            LLMClient(self.settings.llm_base_url, self.settings.llm_api_key, self.settings.llm_timeout_s),
+            LLMClient(self.settings.llm_base_url, self.settings.llm_api_key, self.settings.llm_timeout_s,
+                      app_url=self.settings.openrouter_app_url),
             await ResponseStore.open(js, self.settings.response_store_bucket, self.settings),
             self.settings,
         )

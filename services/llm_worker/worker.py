@@ -41,7 +41,8 @@ Verdict = Completed | RetryLater | GaveUp
 
 
 def task_request_hash(task: TaskCreated, endpoint: str) -> str:
-    return request_hash(endpoint, task.model.model, chat_messages(task.prompt), task.parameters, task.replicate)
+    return request_hash(endpoint, task.model.model, chat_messages(task.prompt), task.parameters, task.replicate,
+                        task.model.routing)
 
 
 OTHER_ENDPOINT = "other_endpoint"

@@ -26,7 +26,7 @@ def with_extra_fields(event_json: str) -> str:
     """The message as a newer DayDream would send it: a field at the top and one nested."""
     data = json.loads(event_json)
     data["added_in_a_later_release"] = {"anything": [1, 2]}
-    data["task"]["model"]["routing"] = "nested too"
+    data["task"]["model"]["added_later_too"] = "nested"
     return json.dumps(data)
 
 

@@ -6,7 +6,7 @@ last attempt gives up with the reason, and a task bound to another endpoint is n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -37,7 +37,7 @@ class FakeClient:
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, LLMError):
             raise outcome
-        return record(outcome, request_hash, datetime.now(timezone.utc))
+        return record(outcome, request_hash, datetime.now(UTC))
 
 
 @dataclass

@@ -30,7 +30,7 @@ def test_experiment_page_shows_the_databases_means_and_agreement(tmp_path: Path)
     a_scores, b_scores = [3, 5, 7, 8], [2, 6, 6, 9]
     with Session(engine) as session:
         session.add(Experiment(experiment_id="exp", requested_at=NOW))
-        for i, (a, b) in enumerate(zip(a_scores, b_scores)):
+        for i, (a, b) in enumerate(zip(a_scores, b_scores, strict=True)):
             session.add(_evaluation(f"g{i}", "judge-a", a))
             session.add(_evaluation(f"g{i}", "writer", b))
         session.add(_evaluation("g9", "judge-a", None))
