@@ -22,8 +22,8 @@ deterministic fraction of request bodies, for fault matrices without special mod
 The header wins over the model name, which wins over the mixed mode.
 
 Latency: `latency_s` per call, or the `X-Fake-Latency` header (seconds) per request.
-`GET /stats` counts calls per model (in flight, peak, by status, by fault, when the first and the
-last call started) and per request hash (body + replicate; started, completed);
+`GET /stats` counts calls per model (in flight, peak, by status, by fault, when each call started and ended)
+and per request hash (body + replicate; started, completed);
 `POST /stats/reset` clears them; `GET /last_request` shows the last body and headers (the bearer
 token only as a SHA-256 prefix); `GET /health` says ok.
 """
@@ -254,6 +254,7 @@ class Counters:
         now = time.time()
         per_model["first_started_at"] = per_model["first_started_at"] or now
         per_model["last_started_at"] = now
+        per_model["started"].append(now)
         per_model["in_flight"] += 1
         per_model["peak_in_flight"] = max(per_model["peak_in_flight"], per_model["in_flight"])
         self.total_calls += 1
@@ -266,6 +267,7 @@ class Counters:
     def finish(self, model: str, request_hash: str, status: int, fault: str | None, completed: bool) -> None:
         per_model = self._model(model)
         per_model["in_flight"] = max(0, per_model["in_flight"] - 1)
+        per_model["finished"].append(time.time())
         per_model["by_status"][str(status)] = per_model["by_status"].get(str(status), 0) + 1
         if fault:
             per_model["faults"][fault] = per_model["faults"].get(fault, 0) + 1
@@ -284,6 +286,8 @@ class Counters:
                 "faults": {},
                 "first_started_at": None,
                 "last_started_at": None,
+                "started": [],
+                "finished": [],
             },
         )
 

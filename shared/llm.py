@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
@@ -50,6 +50,7 @@ class ErrorKind(StrEnum):
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     OTHER_CLIENT_ERROR = "other_client_error"
+    QUOTA_EXHAUSTED = "quota_exhausted"
 
 
 class LLMError(Exception):
@@ -61,12 +62,14 @@ class LLMError(Exception):
         message: str,
         status: int | None = None,
         retry_after_s: float | None = None,
+        resets_at: datetime | None = None,
     ) -> None:
         super().__init__(f"{kind.value}: {message}")
         self.kind = kind
         self.message = message
         self.status = status
         self.retry_after_s = retry_after_s
+        self.resets_at = resets_at
 
     def __repr__(self) -> str:
         return (
@@ -176,6 +179,36 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or utcnow())).total_seconds())
 
 
+def parse_rate_limit_reset(value: str | None, now: datetime | None = None) -> datetime | None:
+    """`X-RateLimit-Reset`: OpenRouter sends epoch milliseconds; others epoch seconds or seconds
+    from now. Each form is told apart by its size."""
+    if not value or not value.strip():
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    now = now or utcnow()
+    if number > 1e11:
+        return datetime.fromtimestamp(number / 1000, UTC)
+    if number > 1e9:
+        return datetime.fromtimestamp(number, UTC)
+    return now + timedelta(seconds=max(0.0, number))
+
+
+def quota_exhausted(error: LLMError, now: datetime, horizon_s: float) -> LLMError | None:
+    """A 429 whose limit resets beyond the horizon (a daily quota, such as OpenRouter's free-model
+    limit) is not worth retrying: it becomes `quota_exhausted`, saying when the quota resets."""
+    if error.kind is not ErrorKind.RATE_LIMITED or error.resets_at is None:
+        return None
+    if (error.resets_at - now).total_seconds() <= horizon_s:
+        return None
+    return LLMError(ErrorKind.QUOTA_EXHAUSTED,
+                    f"the quota is used up until {error.resets_at:%Y-%m-%d %H:%M} UTC: {error.message}; "
+                    "rerun the failed tasks after that (`daydream rerun ID --failed`) or use another tier",
+                    status=error.status, resets_at=error.resets_at)
+
+
 def classify_response(
     status: int, headers: Mapping[str, str], text: str, *, model: str, base_url: str, secret: str
 ) -> dict[str, Any]:
@@ -190,6 +223,7 @@ def classify_response(
             _status_message(kind, status, model, base_url, bool(secret), _provider_message(text, secret)),
             status=status,
             retry_after_s=parse_retry_after(_header(headers, "retry-after")),
+            resets_at=parse_rate_limit_reset(_header(headers, "x-ratelimit-reset")) if status == 429 else None,
         )
     try:
         payload = json.loads(text)

@@ -16,7 +16,8 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_asgi_app
 
-from shared.events import CallRecord
+from shared.events import CallRecord, utcnow
+from shared.tiers import TierState
 from shared.topology import ConsumerSpec
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,11 @@ EXPERIMENT_TASKS = Gauge(
     ["experiment", "stage", "state"],
 )
 EXPERIMENT_COST = Gauge("daydream_experiment_cost_usd", "Cost of an experiment so far, in USD", ["experiment"])
+TIER_EFFECTIVE_CAP = Gauge(
+    "daydream_tier_effective_cap", "Calls a tier may have in flight now (halved on 429s, regained on success)", ["tier"]
+)
+TIER_STOPPED = Gauge("daydream_tier_stopped", "1 while a tier's circuit is open (refused key, quota, unreachable)",
+                     ["tier"])
 
 DAYDREAM_METRICS = (
     LLM_REQUESTS,
@@ -100,6 +106,8 @@ DAYDREAM_METRICS = (
     CONSUMER_MAX_ACK_PENDING,
     EXPERIMENT_TASKS,
     EXPERIMENT_COST,
+    TIER_EFFECTIVE_CAP,
+    TIER_STOPPED,
 )
 
 
@@ -148,6 +156,11 @@ def observe_task_failed(stage: str, reason: str) -> None:
 def set_experiment_progress(experiment_id: str, stage: str, planned: int, done: int, failed: int) -> None:
     for state, count in (("planned", planned), ("done", done), ("failed", failed)):
         EXPERIMENT_TASKS.labels(experiment_id, stage, state).set(count)
+
+
+def observe_tier_state(state: TierState) -> None:
+    TIER_EFFECTIVE_CAP.labels(state.tier).set(state.effective_cap)
+    TIER_STOPPED.labels(state.tier).set(1 if state.open_circuit(utcnow()) else 0)
 
 
 def set_experiment_cost(experiment_id: str, cost_usd: float) -> None:

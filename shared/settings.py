@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     ack_wait_s: float = 60.0
     heartbeat_s: float = 15.0
     duplicate_window_s: float = 3600.0
+    slot_ack_wait_s: float = Field(default=10.0, gt=0)
+    """A tier slot held by a worker that died comes back after this long (holders renew it)."""
+    slot_heartbeat_s: float = Field(default=3.0, gt=0)
+    circuit_after_connection_failures: int = Field(default=5, ge=1)
+    """Consecutive calls of a tier that cannot reach the endpoint before the tier stops."""
+    quota_horizon_s: float = Field(default=900.0, gt=0)
+    """A 429 whose rate-limit reset lies further away than this is a used-up quota, not a cooldown."""
     events_max_age_days: float = 14.0
     response_store_bucket: str = "dd_responses"
     stream_replicas: int = Field(default=1, ge=1, le=5)

@@ -6,6 +6,7 @@ so every stream and consumer is declared here explicitly and subscribers only bi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from shared.events import (
@@ -41,6 +42,16 @@ from shared.events import (
     task_subject,
 )
 from shared.settings import Settings
+from shared.tiers import (
+    SLOT_GROUP,
+    SLOT_SUBJECT_PREFIX,
+    SLOTS_STREAM,
+    TIER_STATE_BUCKET,
+    TierState,
+    slot_consumer,
+    slot_subject,
+    with_limits,
+)
 
 TASKS_STREAM = "DD_TASKS"
 EVENTS_STREAM = "DD_EVENTS"
@@ -60,6 +71,14 @@ COMBINER_CONSUMER = "combiner"
 FANOUT_CONSUMER = "evaluator-fanout"
 PARSER_CONSUMER = "parser"
 DEAD_LETTER_CONSUMER = "tracker-dead-letters"
+
+
+@dataclass
+class SlotConsumerConfig(ConsumerConfig):
+    """nats-py's config without the priority-group fields it does not know yet (nats-server 2.12+)."""
+
+    priority_groups: list[str] | None = None
+    priority_policy: str | None = None
 
 
 def worker_consumer(stage: Stage, tier: str) -> str:
@@ -101,14 +120,26 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             storage=StorageType.FILE,
             max_age=settings.events_max_age_days * 86400,
         ),
+        StreamConfig(
+            name=SLOTS_STREAM,
+            subjects=[SLOT_SUBJECT_PREFIX + ">"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=settings.duplicate_window_s,
+        ),
     ]
 
 
+def task_prefetch(max_concurrent: int) -> int:
+    """Tasks a stage may hold per tier: twice the cap, so a freed slot finds a task already waiting
+    for it. The cap itself is the tier's slot consumer (`shared.tiers`), across both stages."""
+    return 2 * max_concurrent
+
+
 def worker_specs(settings: Settings, tiers: list[TierSpec] | tuple[TierSpec, ...]) -> list[ConsumerSpec]:
-    """Worker caps are the tiers' `max_concurrent`: the server enforces them across all replicas."""
     return [
         ConsumerSpec(TASKS_STREAM, worker_consumer(stage, tier.tier), task_subject(stage, tier.tier),
-                     tier.max_concurrent, settings.max_attempts + 2)
+                     task_prefetch(tier.max_concurrent), settings.max_attempts + 2)
         for stage in STAGES
         for tier in tiers
     ]
@@ -180,15 +211,85 @@ async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, settings: 
     return kv
 
 
+def slot_consumer_config(tier: str, cap: int, settings: Settings) -> SlotConsumerConfig:
+    """Never terminated, never acked: a slot only goes back (nak) or is renewed (in progress)."""
+    return SlotConsumerConfig(
+        name=slot_consumer(tier),
+        durable_name=slot_consumer(tier),
+        filter_subject=slot_subject(tier),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=settings.slot_ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=cap,
+        max_waiting=4096,
+        priority_groups=[SLOT_GROUP],
+        priority_policy="prioritized",
+    )
+
+
+def tier_state_bucket() -> KeyValueConfig:
+    return KeyValueConfig(bucket=TIER_STATE_BUCKET, history=1, storage=StorageType.FILE)
+
+
+async def tier_states(js: JetStreamContext, settings: Settings) -> KeyValue:
+    return await ensure_bucket(js, tier_state_bucket(), settings)
+
+
+async def read_tier_state(kv: KeyValue, tier: str) -> tuple[TierState | None, int]:
+    """The state and its KV revision (0 when absent), for a compare-and-set update."""
+    try:
+        entry = await kv.get(tier)
+    except KeyNotFoundError:
+        return None, 0
+    return (TierState.model_validate_json(entry.value) if entry.value else None), entry.revision or 0
+
+
+async def set_slot_cap(js: JetStreamContext, tier: str, cap: int, settings: Settings) -> None:
+    await js.add_consumer(SLOTS_STREAM, slot_consumer_config(tier, cap, settings))
+
+
+def slot_index(body: bytes) -> int:
+    try:
+        return int(json.loads(body)["slot"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 30
+
+
+async def ensure_slots(js: JetStreamContext, tier: str, cap: int, settings: Settings) -> None:
+    """Slots 0..cap-1 of the tier. A slot once delivered circulates by redelivery, so the slot
+    messages in the stream are the cap; workers retire (delete) those at or beyond a lowered cap,
+    which keeps the ones left numbered 0..n-1. Two `publish` runs seeding at once read the same
+    last sequence, so their message ids collide and JetStream keeps one of each."""
+    await set_slot_cap(js, tier, cap, settings)
+    info = await js.stream_info(SLOTS_STREAM, subjects_filter=slot_subject(tier))
+    present = (info.state.subjects or {}).get(slot_subject(tier), 0)
+    seeded_after = info.state.last_seq
+    for index in range(present, cap):
+        await js.publish(slot_subject(tier), json.dumps({"slot": index}).encode(), stream=SLOTS_STREAM,
+                         headers={"Nats-Msg-Id": f"slot-{tier}-{index}-after-{seeded_after}"})
+
+
+async def ensure_tier_controls(js: JetStreamContext, settings: Settings, tiers: Iterable[TierSpec]) -> None:
+    """What `publish` does for the experiment's tiers: their limits become the tiers' own."""
+    kv = await tier_states(js, settings)
+    for tier in tiers:
+        await ensure_slots(js, tier.tier, tier.max_concurrent, settings)
+        current, _ = await read_tier_state(kv, tier.tier)
+        state = with_limits(current, tier.tier, tier.max_concurrent, tier.requests_per_minute)
+        await kv.put(tier.tier, state.model_dump_json().encode())
+
+
 async def ensure_topology(
     js: JetStreamContext,
     settings: Settings,
     tiers: list[TierSpec] | tuple[TierSpec, ...] = DEFAULT_TIERS,
 ) -> None:
-    """Create or update every stream and consumer."""
+    """Create or update every stream and consumer, and the tiers' shared limits."""
     await ensure_streams(js, settings)
     for spec in consumer_specs(settings, tiers):
         await js.add_consumer(spec.stream, consumer_config(spec, settings))
+    await ensure_tier_controls(js, settings, tiers)
 
 
 def spec_of(info: ConsumerInfo) -> ConsumerSpec:
@@ -216,13 +317,29 @@ async def ensure_service_topology(
     if stage is None:
         return []
     prefix = f"{TASK_CREATED_PREFIX}{stage}."
-    existing = [spec for spec in map(spec_of, await js.consumers_info(TASKS_STREAM)) if spec.subject.startswith(prefix)]
-    if existing:
-        return existing
-    defaults = [spec for spec in worker_specs(settings, DEFAULT_TIERS) if spec.subject.startswith(prefix)]
-    for spec in defaults:
-        await js.add_consumer(spec.stream, consumer_config(spec, settings))
-    return defaults
+    live = [spec for spec in map(spec_of, await js.consumers_info(TASKS_STREAM)) if spec.subject.startswith(prefix)]
+    if not live:
+        live = [spec for spec in worker_specs(settings, DEFAULT_TIERS) if spec.subject.startswith(prefix)]
+        for spec in live:
+            await js.add_consumer(spec.stream, consumer_config(spec, settings))
+    await ensure_missing_tier_controls(js, settings, [tier_of(spec) for spec in live])
+    return live
+
+
+def tier_of(spec: ConsumerSpec) -> TierSpec:
+    """The tier a worker consumer serves, with the default limits when no `publish` gave it any."""
+    name = spec.subject.rsplit(".", 1)[-1]
+    default = next((tier for tier in DEFAULT_TIERS if tier.tier == name), None)
+    return default or TierSpec(tier=name, max_concurrent=max(1, spec.max_ack_pending // 2))
+
+
+async def ensure_missing_tier_controls(js: JetStreamContext, settings: Settings, tiers: Iterable[TierSpec]) -> None:
+    """A worker on a server no `publish` has shaped (or shaped by an older DayDream) gives the
+    tiers it serves their slots, leaving limits a `publish` set alone."""
+    kv = await tier_states(js, settings)
+    for tier in tiers:
+        if (await read_tier_state(kv, tier.tier))[0] is None:
+            await ensure_tier_controls(js, settings, [tier])
 
 
 def find_reader(settings: Settings, durable: str) -> ConsumerSpec:

@@ -3,8 +3,10 @@ helpers that deliver them to a tracker and read back what it wrote."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from services.llm_worker.tier_control import TierStopped
 from services.tracker.artifacts import read_csv_rows
 from services.tracker.recorder import Tracker
 from services.tracker.tables import (
@@ -34,12 +37,14 @@ from shared.events import (
     GenerationDone,
     GenerationTask,
     ModelSpec,
+    Stage,
     TaskCreated,
     TaskFailed,
     TemplateSpec,
     TierSpec,
 )
 from shared.ids import combo_id, evaluation_task_id, generation_task_id
+from shared.llm import LLMError
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WRITER_TIER = TierSpec(tier="writers", max_concurrent=4)
@@ -237,3 +242,30 @@ def csv_lines(data_dir: Path, stage: str) -> list[dict[str, str]]:
 
 def csv_keys(data_dir: Path, stage: str) -> list[tuple[str, str]]:
     return sorted((row["experiment_id"], row["task_id"]) for row in csv_lines(data_dir, stage))
+
+
+@dataclass
+class FakeTierGate:
+    """A tier gate in one process: it records what the worker asked of the tier, in order."""
+
+    stopped_with: TierStopped | None = None
+    log: list[tuple[str, ...]] = field(default_factory=list)
+
+    def stopped(self, tier: str) -> TierStopped | None:
+        return self.stopped_with
+
+    @contextlib.asynccontextmanager
+    async def slot(self, tier: str, stage: Stage) -> AsyncIterator[None]:
+        if self.stopped_with:
+            raise self.stopped_with
+        self.log.append(("take", tier, stage))
+        try:
+            yield
+        finally:
+            self.log.append(("give back", tier))
+
+    async def succeeded(self, tier: str) -> None:
+        self.log.append(("succeeded", tier))
+
+    async def failed(self, tier: str, error: LLMError) -> None:
+        self.log.append(("failed", tier, error.kind.value))

@@ -6,6 +6,7 @@ from faststream.exceptions import NackMessage
 from faststream.nats import NatsBroker, NatsMessage
 
 from services.llm_worker.response_store import ResponseStore
+from services.llm_worker.tier_control import TierControl
 from services.llm_worker.worker import Completed, GaveUp, LLMWorker, RetryLater
 from shared.events import TASK_CREATED, CallRecord, EvaluationDone, EvaluationTask, GenerationDone, GenerationTask
 from shared.llm import LLMClient
@@ -50,15 +51,18 @@ class LLMWorkers:
     def __init__(self, broker: NatsBroker, settings: Settings, stage: str, readers: tuple[str, ...] = ()) -> None:
         self.broker, self.settings, self.stage, self.readers = broker, settings, stage, readers
         self.worker: LLMWorker | None = None
+        self.tiers: TierControl | None = None
 
     async def start(self) -> None:
         js = await jetstream(self.broker)
         specs = await ensure_service_topology(js, self.settings, readers=self.readers, stage=self.stage)
+        self.tiers = await TierControl.open(self.broker.config.connection_state.connection, js, self.settings)
         worker = self.worker = LLMWorker(
             LLMClient(self.settings.llm_base_url, self.settings.llm_api_key, self.settings.llm_timeout_s,
                       app_url=self.settings.openrouter_app_url),
             await ResponseStore.open(js, self.settings.response_store_bucket, self.settings),
             self.settings,
+            self.tiers,
         )
 
         async def handle(msg: NatsMessage) -> None:
@@ -71,3 +75,5 @@ class LLMWorkers:
         """An after-shutdown hook: the broker has let in-flight calls finish by then."""
         if self.worker:
             await self.worker.client.aclose()
+        if self.tiers:
+            await self.tiers.close()

@@ -11,9 +11,10 @@ from collections.abc import Callable
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from shared.events import CallParameters, GenerationTask, ModelSpec, TaskCreated, TierSpec
+from shared.events import CallParameters, EvaluationTask, GenerationTask, ModelSpec, TaskCreated, TierSpec
 from shared.service import publish_from_client
-from shared.topology import EVENTS_STREAM
+from shared.settings import Settings
+from shared.topology import EVENTS_STREAM, ensure_topology
 
 
 def generation_task(experiment_id: str, index: int, model: str, tier: TierSpec, *, prompt: str | None = None,
@@ -28,6 +29,27 @@ def generation_task(experiment_id: str, index: int, model: str, tier: TierSpec, 
         combo_id=f"combo{index}", generation_template_id="essay", generation_model_id=model_spec.id,
         generation_task_id=f"task{index:03d}_{model_spec.id}",
     )
+
+
+def evaluation_task(experiment_id: str, index: int, model: str, tier: TierSpec) -> EvaluationTask:
+    """A judge's task of a made-up generation, so the evaluator's workers can be driven alone."""
+    writer = generation_task(experiment_id, index, model, tier)
+    return EvaluationTask(
+        **writer.model_dump(exclude={"stage", "evaluation_plan", "task_id", "prompt", "emitted_at"}),
+        task_id=f"eval{index:03d}_{writer.model.id}", evaluation_template_id="judge", evaluation_model_id=writer.model.id,
+        parser="in_last_line", max_score=10,
+        prompt=f"Rate this essay number {index} from 0 to 10. End with SCORE: N\n\nAn essay.",
+    )
+
+
+async def declare_tiers(nats_url: str, settings: Settings, tiers: list[TierSpec]) -> None:
+    """What `publish` does with an experiment's tiers.csv: the tiers' limits become these, their
+    caps full and their circuits closed."""
+    nc = await nats.connect(nats_url)
+    try:
+        await ensure_topology(nc.jetstream(), settings, tiers)
+    finally:
+        await nc.close()
 
 
 async def publish_tasks(nats_url: str, tasks: list[TaskCreated]) -> None:

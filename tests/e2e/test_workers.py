@@ -21,7 +21,7 @@ from services.tracker.recorder import Tracker
 from shared.events import GENERATION_DONE, EvaluationPlan, EvaluationTemplateSpec, ModelSpec, TierSpec
 from shared.settings import Settings
 from shared.topology import EVENTS_STREAM, FANOUT_CONSUMER, TASKS_STREAM
-from tests.e2e.harness import generation_task, publish_tasks, read_events
+from tests.e2e.harness import declare_tiers, generation_task, publish_tasks, read_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -29,11 +29,21 @@ FREE = TierSpec(tier="free", max_concurrent=1, requests_per_minute=None)
 PAID = TierSpec(tier="paid", max_concurrent=5, requests_per_minute=None)
 
 
+SETTINGS = Settings(ack_wait_s=5)
+
+
 @pytest.fixture(scope="module")
 def workers(stack: EmbeddedStack) -> EmbeddedStack:
-    stack.declare_topology(Settings(ack_wait_s=5), [FREE, PAID])
+    stack.declare_topology(SETTINGS, [FREE, PAID])
     stack.start_services()
     return stack
+
+
+@pytest.fixture(autouse=True)
+async def tiers_as_published(workers: EmbeddedStack) -> None:
+    """Each test is a new experiment: its `publish` gives the tiers their limits and closes a
+    circuit the test before opened (the bad-key case)."""
+    await declare_tiers(workers.nats_url, SETTINGS, [FREE, PAID])
 
 
 def done_for(experiment_id: str, count: int):
@@ -95,10 +105,10 @@ async def test_retry_after_is_honoured_then_the_task_succeeds(workers: EmbeddedS
 
 
 async def test_requests_per_minute_spaces_the_calls_of_a_tier(workers: EmbeddedStack) -> None:
-    """120 rpm is one call every 0.5 s: six calls on a cap of 5 start over ~2.5 s at the server,
-    where the cap alone would start them within ~0.1 s. The limiter is per process (see
-    `LLMWorker._limiter`); this stack runs one generator."""
+    """120 rpm on a cap of 5 gives each slot one call per 2.5 s: six calls start over ~2.5 s at
+    the server, where the cap alone would start them within ~0.1 s."""
     limited = PAID.model_copy(update={"requests_per_minute": 120})
+    await declare_tiers(workers.nats_url, SETTINGS, [FREE, limited])
     tasks = [generation_task("rpm", i, "fake/rpm-writer", limited) for i in range(6)]
     await publish_tasks(workers.nats_url, tasks)
     await read_events(workers.nats_url, "dd.generation.done", done_for("rpm", 6))

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
+from services.llm_worker.tier_control import TierStopped
 from services.llm_worker.worker import OTHER_ENDPOINT, Completed, GaveUp, LLMWorker, RetryLater, task_request_hash
 from shared.events import CallParameters, CallRecord, GenerationTask, ModelSpec, TierSpec
 from shared.llm import ErrorKind, LLMError, endpoint_identity
 from shared.settings import Settings
+from tests.fakes import FakeTierGate
 
 BASE_URL = "http://llm.test/v1"
 SETTINGS = Settings(llm_base_url=BASE_URL, llm_api_key="test-key", max_attempts=3,
@@ -65,8 +65,8 @@ async def no_heartbeat() -> None:
     return None
 
 
-def worker(client: FakeClient, store: DictStore) -> LLMWorker:
-    return LLMWorker(client, store, SETTINGS)  # type: ignore[arg-type]
+def worker(client: FakeClient, store: DictStore, tiers: FakeTierGate | None = None) -> LLMWorker:
+    return LLMWorker(client, store, SETTINGS, tiers or FakeTierGate())  # type: ignore[arg-type]
 
 
 async def test_an_answer_is_stored_before_it_is_reported_and_a_redelivery_reuses_it() -> None:
@@ -116,12 +116,39 @@ async def test_a_task_bound_to_another_endpoint_is_never_answered() -> None:
     assert client.calls == 0
 
 
-@pytest.mark.parametrize("rpm", [30.0, 600.0])
-async def test_one_rate_limiter_per_tier_and_rate(rpm: float) -> None:
-    """Tasks of one tier share a limiter; a task carrying another rate gets its own."""
-    runner = worker(FakeClient([]), DictStore())
-    limited = task(tier=TierSpec(tier="paid", max_concurrent=2, requests_per_minute=rpm))
-    assert runner._limiter(limited) is runner._limiter(limited.model_copy(update={"task_id": "t2"}))
-    other = task(tier=TierSpec(tier="paid", max_concurrent=2, requests_per_minute=rpm * 2))
-    assert runner._limiter(other) is not runner._limiter(limited)
-    assert runner._limiter(task()) is None
+async def test_every_call_runs_in_a_slot_of_its_tier_and_its_outcome_reaches_the_tier() -> None:
+    """The 429 is told to the tier while the slot is still held, so the slot goes back with the cooldown."""
+    limited = LLMError(ErrorKind.RATE_LIMITED, "slow down", status=429, retry_after_s=2.0)
+    tiers = FakeTierGate()
+    client = FakeClient([limited, "fine"])
+    first = await worker(client, DictStore(), tiers).run(task(), attempt=1, heartbeat=no_heartbeat)
+    second = await worker(client, DictStore(), tiers).run(task(), attempt=2, heartbeat=no_heartbeat)
+    assert isinstance(first, RetryLater) and first.delay_s == 2.0 and isinstance(second, Completed)
+    assert tiers.log == [("take", "paid", "generation"), ("failed", "paid", "rate_limited"), ("give back", "paid"),
+                         ("take", "paid", "generation"), ("give back", "paid"), ("succeeded", "paid")]
+
+
+async def test_a_stopped_tier_fails_its_tasks_at_once_with_the_reason_and_calls_nothing() -> None:
+    tiers = FakeTierGate(stopped_with=TierStopped("auth", "the API key was refused; set OPENROUTER_API_KEY"))
+    client = FakeClient(["must not be used"])
+    verdict = await worker(client, DictStore(), tiers).run(task(), attempt=1, heartbeat=no_heartbeat)
+    assert isinstance(verdict, GaveUp) and verdict.failure.reason == "auth"
+    assert "tier paid is stopped" in verdict.failure.message and "OPENROUTER_API_KEY" in verdict.failure.message
+    assert client.calls == 0
+
+
+async def test_a_429_whose_quota_resets_in_hours_gives_up_at_once_saying_when() -> None:
+    resets = datetime.now(UTC) + timedelta(hours=5)
+    daily = LLMError(ErrorKind.RATE_LIMITED, "Rate limit exceeded: free-models-per-day", status=429, resets_at=resets)
+    tiers = FakeTierGate()
+    verdict = await worker(FakeClient([daily]), DictStore(), tiers).run(task(), attempt=1, heartbeat=no_heartbeat)
+    assert isinstance(verdict, GaveUp) and verdict.failure.reason == "quota_exhausted"
+    assert f"{resets:%Y-%m-%d %H:%M} UTC" in verdict.failure.message
+    assert ("failed", "paid", "quota_exhausted") in tiers.log
+
+
+async def test_a_429_that_resets_soon_is_a_cooldown_and_is_retried() -> None:
+    soon = LLMError(ErrorKind.RATE_LIMITED, "slow down", status=429, retry_after_s=3.0,
+                    resets_at=datetime.now(UTC) + timedelta(seconds=30))
+    verdict = await worker(FakeClient([soon]), DictStore()).run(task(), attempt=1, heartbeat=no_heartbeat)
+    assert isinstance(verdict, RetryLater) and verdict.delay_s == 3.0
