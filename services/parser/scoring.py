@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.inputs import DEFAULT_PARSER
+from shared.parsers import DEFAULT_PARSER
 
 DEFAULT_MAX_SCORE = 9
 """The scale of the original pipeline's judges, for a task that does not name its own."""

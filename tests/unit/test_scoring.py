@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.parser.scoring import DEFAULT_PARSER, PARSERS, ScoreResult, parse_score, reason_code
-from shared.inputs import KNOWN_PARSERS
+from shared.parsers import KNOWN_PARSERS
 
 
 @dataclass(frozen=True)
