@@ -77,10 +77,16 @@ def test_the_default_scale_is_the_parsers_default(app: typer.Typer, tmp_path: Pa
     assert run(app, top).output == f"{top}\t{DEFAULT_MAX_SCORE}\n"
 
 
-def test_allow_decimals_keeps_the_unrounded_score(app: typer.Typer, tmp_path: Path) -> None:
+def test_allow_decimals_accepts_a_decimal_score(app: typer.Typer, tmp_path: Path) -> None:
+    decimal = write(tmp_path, "decimal.txt", "Solid.\nScore: 6.5/9")
+    assert "ERROR out_of_range" in run(app, decimal).output
+    assert run(app, "--allow-decimals", decimal).output == f"{decimal}\t6.5\n"
+
+
+def test_a_stated_rounding_is_the_score_on_any_scale(app: typer.Typer, tmp_path: Path) -> None:
     rounded = write(tmp_path, "rounded.txt", "Solid.\nScore: 6.5/9, rounded to 7")
     assert run(app, rounded).output == f"{rounded}\t7\n"
-    assert run(app, "--allow-decimals", rounded).output == f"{rounded}\t6.5\n"
+    assert run(app, "--allow-decimals", rounded).output == f"{rounded}\t7\n"
 
 
 def test_unknown_parser_is_a_usage_error_listing_valid_names(app: typer.Typer, tmp_path: Path) -> None:
