@@ -15,6 +15,7 @@ import types
 from collections import Counter
 from pathlib import Path
 
+from common import report
 from rich.console import Console
 from rich.table import Table
 
@@ -56,24 +57,31 @@ def main() -> None:
     arguments.add_argument("--show-misses", action="store_true", help="list every answer not read right")
     options = arguments.parse_args()
     corpus = load_corpus()
-    parsers = {f"old ({options.old_commit})": old_scoring(options.old_commit), "current": scoring}
+    parsers = {options.old_commit: old_scoring(options.old_commit), "current": scoring}
     outcomes = {name: [outcome(module, answer) for answer in corpus] for name, module in parsers.items()}
-    scorable = sum(answer.score is not None for answer in corpus)
-
-    table = Table(title=f"final_verdict on {len(corpus)} labelled judge answers ({scorable} with a verdict)")
-    for column in ("parser", "scored right", "errors where a verdict exists", "wrong scores", "right overall"):
-        table.add_column(column, justify="right" if column != "parser" else "left")
+    scorable = [answer.score is not None for answer in corpus]
+    counts = {}
     for name, results in outcomes.items():
-        counts = Counter(kind for kind, _ in results)
-        scored_right = sum(kind == "right" and a.score is not None for (kind, _), a in zip(results, corpus, strict=True))
-        table.add_row(
-            name, f"{scored_right}/{scorable}", str(counts["error"]), str(counts["wrong"]),
-            f"{counts['right']}/{len(corpus)}",
-        )
-    console = Console()
-    console.print(table)
+        kinds = Counter(kind for kind, _ in results)
+        counts[name] = {
+            "scored_right": sum(kind == "right" and s for (kind, _), s in zip(results, scorable, strict=True)),
+            "errors_where_a_verdict_exists": kinds["error"],
+            "wrong_scores": kinds["wrong"],
+            "read_as_labelled": kinds["right"],
+        }
+    result = {"answers": len(corpus), "with_a_verdict": sum(scorable), "parsers": counts}
+    old, new = counts[options.old_commit], counts["current"]
+    rows = [
+        ("answers (with a verdict)", f"{len(corpus)} ({sum(scorable)})"),
+        (f"scored right ({options.old_commit} → current)", f"{old['scored_right']} → {new['scored_right']}"),
+        ("errors where a verdict exists", f"{old['errors_where_a_verdict_exists']} → {new['errors_where_a_verdict_exists']}"),
+        ("wrong scores", f"{old['wrong_scores']} → {new['wrong_scores']}"),
+        ("read as labelled (errors included)", f"{old['read_as_labelled']} → {new['read_as_labelled']}"),
+    ]
+    report("parser_yield", result, rows)
+    console = Console(width=200)
     if options.show_misses:
-        misses = Table(title="answers not read right")
+        misses = Table(title="answers not read as labelled")
         for column in ("answer", "label", *outcomes):
             misses.add_column(column)
         for index, answer in enumerate(corpus):

@@ -21,6 +21,8 @@ class JudgeAnswer:
     """The reason code a reader must give when the answer has no defensible verdict."""
     candidates: list[float] | None = None
     shape: str = ""
+    miss: str | None = None
+    """Why the parser is known to give an error for this labelled score (never a wrong score)."""
 
     def __post_init__(self) -> None:
         if (self.score is None) == (self.error is None):

@@ -121,7 +121,7 @@ _VALUE = (
     rf"(?:\s*\(?\s*(?:(?P<slash>/)|out\s+of)\s*(?P<denominator>\d+)\s*\)?|\s*(?P<percent>%))?"
 )
 _AFTER_LABEL = re.compile(
-    rf"\s*(?:{_SCALE_NOTE}\s*|{_PARENTHETICAL}\s*)?(?P<separator>[:=\-–—]|\bis\b|\bof\b|\bwas\b)?\s*(?:an?\s+)?"
+    rf"[\"']?\s*(?:{_SCALE_NOTE}\s*|{_PARENTHETICAL}\s*)?(?P<separator>[:=\-–—]|\bis\b|\bof\b|\bwas\b)?\s*(?:an?\s+)?"
     rf"(?P<sum>{_SUM})?{_VALUE}",
     re.IGNORECASE,
 )

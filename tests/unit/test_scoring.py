@@ -690,7 +690,12 @@ def test_the_strict_line_is_the_line_examined() -> None:
 
 @pytest.mark.parametrize("answer", load_corpus(), ids=lambda a: f"{a.file}:{a.id}")
 def test_labelled_judge_answers_read_as_labelled(answer: JudgeAnswer) -> None:
-    """tests/data/judge_answers/: a labelled score must be found and no other, a labelled error given."""
+    """tests/data/judge_answers/: a labelled score must be found and no other, a labelled error
+    given; a known miss (labelled with why) must stay an error, never become a wrong score."""
+    if answer.miss:
+        result = parse_score(answer.text, parser="final_verdict", **answer.options)
+        assert result.score is None and result.error, result
+        return
     case = Case(answer.id, answer.text, answer.score, answer.error, answer.candidates, answer.options)
     assert_reads(case, "final_verdict")
 
