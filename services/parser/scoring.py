@@ -245,9 +245,10 @@ class _Statement:
         return [self.stated] if self.rounded is None else [self.rounded, self.stated]
 
     def is_sub_score(self, max_score: int) -> bool:
-        """`Score: 1/2` on a 0–10 template scores a criterion; `Total: 7/10` on a 0–9 one is the
-        judge's verdict on the wrong scale (a `scale_mismatch`)."""
-        return not self.whole and any(d != max_score for d in self.fractions)
+        """`Score: 1/2` on a 0–10 template scores a criterion: a part is worth less than the
+        whole. `Total: 7/10` or `Score: 7/10` on a 0–9 one is the judge's verdict on the wrong
+        scale (a `scale_mismatch`), not a part to drop."""
+        return not self.whole and any(d < max_score for d in self.fractions)
 
 
 def _clean(line: str) -> str:

@@ -651,6 +651,11 @@ ISSUE_15_CASES = [
         options=TEN_WITH_HALVES,
     ),
     Case(
+        "a-score-on-a-larger-scale-is-a-mismatch-not-a-sub-score",
+        "Core 3 + Connections 2 + Depth 2 = 7\n\nMy score: 7/10",
+        error="scale_mismatch",
+    ),
+    Case(
         "a-final-score-on-another-scale-is-a-mismatch-not-a-sub-score",
         "Close to the idea.\n\nFinal Score: 4/5",
         error="scale_mismatch",
