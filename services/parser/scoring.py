@@ -116,13 +116,15 @@ _PARENTHETICAL = r"\([^()]*\)"
 _SCALE_NOTE = r"\(\s*(?:out\s+of\s*|/\s*|\d+\s*(?:[-–]|to)\s*)(?P<scale>\d+)\s*\)"
 """The scale named between label and value: `Score (out of 10): 8`, `Score (0-10): 8`."""
 _SUM = rf"(?:{NUMBER}\s*(?:{_PARENTHETICAL}\s*)?\+\s*)+{NUMBER}\s*(?:{_PARENTHETICAL}\s*)?=\s*"
+_AVERAGE = rf"\(\s*{NUMBER}(?:\s*\+\s*{NUMBER})+\s*\)\s*/\s*\d+\s*=\s*"
+"""`(10 + 9 + 4) / 3 = `: the working of an average, before the value it gives."""
 _VALUE = (
     rf"\[?(?P<number>{NUMBER})(?!\.?\d|\s*(?:[-–]|to)\s*\d|\s*(?:{_PARENTHETICAL}\s*)?\+)\]?"
     rf"(?:\s*\(?\s*(?:(?P<slash>/)|out\s+of)\s*(?P<denominator>\d+)\s*\)?|\s*(?P<percent>%))?"
 )
 _AFTER_LABEL = re.compile(
     rf"[\"']?\s*(?:{_SCALE_NOTE}\s*|{_PARENTHETICAL}\s*)?(?P<separator>[:=\-–—]|\bis\b|\bof\b|\bwas\b)?\s*(?:an?\s+)?"
-    rf"(?P<sum>{_SUM})?{_VALUE}",
+    rf"(?P<sum>{_SUM}|{_AVERAGE})?{_VALUE}",
     re.IGNORECASE,
 )
 _LISTED_VALUE = re.compile(rf"\s*,\s*{_VALUE}(?=\s*(?:,|[.!]?$))", re.IGNORECASE)
@@ -158,13 +160,13 @@ _TENTATIVE = re.compile(
 """A score the judge says it held before (`My first impression was a score of 5`) is not its verdict."""
 _ADJUSTMENT = re.compile(
     r"\s*[,;(]?\s*(?:(?:but|then|and|with|after|before)\s+)?"
-    r"(?:[-+−]\s*\d|->|→|=>|⇒|(?:deduct|subtract|minus|penal|bonus|plus)\w*)",
+    r"(?:[-+−]\s*\d|->|→|=>|⇒|≈|(?:deduct|subtract|minus|penal|bonus|plus)\w*)",
     re.IGNORECASE,
 )
 """Working right after a value (`6/9 -> 7/9`, `7, but deducting 2`, `8/9 - 2 (penalty)`): the value is
 where the judge started, not where it ended."""
 _ADJUSTED_RESULT = re.compile(
-    r"(?:=>|->|=|→|⇒|\b(?:final(?:ly)?|total|score|net|so|leaving|leaves|giving|gives|making\s+it|(?:down|up)\s+to"
+    r"(?:=>|->|=|→|⇒|≈|\b(?:final(?:ly)?|total|score|net|so|leaving|leaves|giving|gives|making\s+it|(?:down|up)\s+to"
     r"|round(?:ed|s|ing)?(?:\s+(?:up|down))?\s+to)\b)"
     rf"(?:\s+(?:score|total|mark|rating|grade))?\s*(?:[:=]|\bis\b|\bof\b)?\s*(?:an?\s+)?{_VALUE}",
     re.IGNORECASE,
@@ -366,18 +368,21 @@ def _claims_the_whole(label: re.Match[str]) -> bool:
 
 
 def _table_row_statements(line: str, line_number: int) -> list[_Statement]:
-    """A row whose first cell is an overall label (`| **Total** | 5/9 |`); criterion rows are
-    sub-scores and are not read."""
+    """A row whose first cell is an overall label (`| **Total** | 5/9 |`), with a rounding stated
+    in a later cell (`| **Total** | 7.25/10 | rounded to 7/10 |`); criterion rows are sub-scores
+    and are not read."""
     cells = [_clean(cell) for cell in line.strip().strip("|").split("|")]
     label = _LABEL_ONLY.fullmatch(cells[0]) if cells else None
     if not label:
         return []
-    for cell in cells[1:]:
+    for index, cell in enumerate(cells[1:], start=1):
         value = _BARE_VALUE.fullmatch(cell)
         if value:
-            return [
-                _statement(value, _label_strength(label), line.strip(), line_number, whole=_claims_the_whole(label))
-            ]
+            statement = _statement(value, _label_strength(label), line.strip(), line_number, whole=_claims_the_whole(label))
+            rounding = _ROUNDING.search(" | ".join(cells[index + 1 :]))
+            if statement.rounded is None and rounding:
+                statement = replace(statement, rounded=float(rounding["rounded"]))
+            return [statement]
     return []
 
 

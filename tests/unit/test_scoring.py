@@ -674,6 +674,19 @@ ISSUE_15_CASES = [
         options=TEN_WITH_HALVES,
     ),
     Case(
+        "rounding-in-a-later-table-cell-is-the-result",
+        "| Criterion | Score | Note |\n|---|---|---|\n| **Total** | **7.25/10** | Rounded to **7/10** |",
+        score=7,
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "an-average-worked-out-after-the-label",
+        "**Overall Score**: (10+9+4)/3 = **7.67/10** → Rounded to **8/10**",
+        score=8,
+        options=TEN_WITH_HALVES,
+    ),
+    Case("approximately-is-the-result", "Nearly there.\nTotal: 6.5/10 ≈ 7/10", score=7, options=TEN_WITH_HALVES),
+    Case(
         "rounded-down-to-is-the-result",
         "Nearly there.\nOverall score 6.5/10 — rounded down to 6/10 since the moat is only asserted.",
         score=6,
