@@ -500,7 +500,8 @@ def _choose_verdict(
 
 def parse_final_verdict(text: str, *, max_score: int = DEFAULT_MAX_SCORE, allow_decimals: bool = False) -> ScoreResult:
     """Reasoning that never reached an answer (only `<think>`, or an unterminated one) is not read:
-    judges change their minds while thinking, and a score it did not commit to is an invented one."""
+    judges change their minds while thinking, and a score it did not commit to is an invented one.
+    Sub-scores are dropped first, so they can neither contradict the strict line nor the verdict."""
     name = "final_verdict"
     if not text.strip():
         return ScoreResult(parser=name, error="empty_response")
