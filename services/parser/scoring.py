@@ -185,7 +185,7 @@ _REVISION = re.compile(
     r"\b(?:on|upon)\s+(?:second\s+thoughts?|(?:further\s+)?reflection|re-?reading|closer\s+(?:look|reading))"
     r"|\bI\s+(?:\w+\s+)?revise\b|\brevis(?:ed|ing)\s+(?:my\s+|the\s+)?(?:score|rating|grade|verdict|assessment)"
     r"|\b(?:I\s+(?:have\s+)?|after\s+|upon\s+|on\s+)reconsider\w*|\bchang\w*\s+my\s+(?:score|mind|rating)"
-    r"|\bI\s+(?:overlooked|missed|misread|was\s+wrong)|\b(?:edit|correction|update)\s*:|\bwait\s*[,:;!—–-]"
+    r"|\bI\s+(?:overlooked|missed|misread|was\s+wrong)|\b(?:edit|correction|update[d]?|revis(?:ed|ion))\s*:|\bwait\s*[,:;!—–-]"
     r"|(?:^|[.!?:;—–]\s*)actually\b|\bI(?:'d|\s+would|\s+will)?\s+actually\b|\d\s+instead\b",
     re.IGNORECASE,
 )

@@ -615,6 +615,11 @@ ISSUE_15_CASES = [
         score=6,
     ),
     Case(
+        "strict-line-with-a-revised-note-after-it-has-no-verdict",
+        "The essay is complete.\n\nSCORE: 7\n\n(Revised: 6)",
+        error="ambiguous",
+    ),
+    Case(
         "strict-line-twice-is-read-by-the-heuristics",
         "SCORE: 5\n\nThe critic is described with care.\n\nSCORE: 7",
         error="ambiguous",
