@@ -27,6 +27,8 @@ class JudgeAnswer:
     def __post_init__(self) -> None:
         if (self.score is None) == (self.error is None):
             raise ValueError(f"{self.file}: {self.id} needs exactly one of score and error")
+        if self.miss and self.score is None:
+            raise ValueError(f"{self.file}: {self.id}: a miss is a labelled score the parser does not find")
 
     @property
     def options(self) -> dict:
