@@ -78,7 +78,7 @@ class EvaluationTemplateSpec(TemplateSpec):
     parser: str
     max_score: int
     allow_decimals: bool = False
-    """Whether the scale has decimals: "6.5/10, rounded to 7" is then 6.5, else 7."""
+    """Whether the scale has decimals: "6.5/10" is then 6.5, else no score ("6.5, rounded to 7" is 7 either way)."""
 
 
 QUANTIZATIONS = ("int4", "int8", "fp4", "fp6", "fp8", "fp16", "bf16", "fp32", "unknown")

@@ -52,6 +52,7 @@ from shared.ids import (
     is_safe_id,
     longest_file_name_bytes,
 )
+from shared.parsers import DEFAULT_PARSER, KNOWN_PARSERS
 from shared.prompts import (
     TemplateProblem,
     compile_template,
@@ -64,8 +65,6 @@ from shared.tasks import PlanSize
 DESCRIPTION_LEVELS = ("sentence", "paragraph", "article")
 FALLBACK_LEVELS = ("paragraph", "sentence")
 NAME_LEVEL = "name"
-KNOWN_PARSERS = ("in_last_line", "final_verdict")
-DEFAULT_PARSER = "final_verdict"
 SAMPLE_RESPONSE = "A sample response, standing in for a generation while the templates are checked."
 
 CONCEPTS_CSV = "concepts_metadata.csv"

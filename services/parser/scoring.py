@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.inputs import DEFAULT_PARSER
+from shared.parsers import DEFAULT_PARSER
 
 DEFAULT_MAX_SCORE = 9
 """The scale of the original pipeline's judges, for a task that does not name its own."""
@@ -116,13 +116,15 @@ _PARENTHETICAL = r"\([^()]*\)"
 _SCALE_NOTE = r"\(\s*(?:out\s+of\s*|/\s*|\d+\s*(?:[-–]|to)\s*)(?P<scale>\d+)\s*\)"
 """The scale named between label and value: `Score (out of 10): 8`, `Score (0-10): 8`."""
 _SUM = rf"(?:{NUMBER}\s*(?:{_PARENTHETICAL}\s*)?\+\s*)+{NUMBER}\s*(?:{_PARENTHETICAL}\s*)?=\s*"
+_AVERAGE = rf"\(\s*{NUMBER}(?:\s*\+\s*{NUMBER})+\s*\)\s*/\s*\d+\s*=\s*"
+"""`(10 + 9 + 4) / 3 = `: the working of an average, before the value it gives."""
 _VALUE = (
     rf"\[?(?P<number>{NUMBER})(?!\.?\d|\s*(?:[-–]|to)\s*\d|\s*(?:{_PARENTHETICAL}\s*)?\+)\]?"
-    rf"(?:\s*\(?\s*(?:/|out\s+of)\s*(?P<denominator>\d+)\s*\)?|\s*(?P<percent>%))?"
+    rf"(?:\s*\(?\s*(?:(?P<slash>/)|out\s+of)\s*(?P<denominator>\d+)\s*\)?|\s*(?P<percent>%))?"
 )
 _AFTER_LABEL = re.compile(
-    rf"\s*(?:{_SCALE_NOTE}\s*|{_PARENTHETICAL}\s*)?(?P<separator>[:=\-–—]|\bis\b|\bof\b|\bwas\b)?\s*(?:an?\s+)?"
-    rf"(?P<sum>{_SUM})?{_VALUE}",
+    rf"[\"']?\s*(?:{_SCALE_NOTE}\s*|{_PARENTHETICAL}\s*)?(?P<separator>[:=\-–—]|\bis\b|\bof\b|\bwas\b)?\s*(?:an?\s+)?"
+    rf"(?P<sum>{_SUM}|{_AVERAGE})?{_VALUE}",
     re.IGNORECASE,
 )
 _LISTED_VALUE = re.compile(rf"\s*,\s*{_VALUE}(?=\s*(?:,|[.!]?$))", re.IGNORECASE)
@@ -158,17 +160,18 @@ _TENTATIVE = re.compile(
 """A score the judge says it held before (`My first impression was a score of 5`) is not its verdict."""
 _ADJUSTMENT = re.compile(
     r"\s*[,;(]?\s*(?:(?:but|then|and|with|after|before)\s+)?"
-    r"(?:[-+−]\s*\d|->|→|=>|⇒|(?:deduct|subtract|minus|penal|bonus|plus)\w*)",
+    r"(?:[-+−]\s*\d|->|→|=>|⇒|≈|(?:deduct|subtract|minus|penal|bonus|plus)\w*)",
     re.IGNORECASE,
 )
 """Working right after a value (`6/9 -> 7/9`, `7, but deducting 2`, `8/9 - 2 (penalty)`): the value is
 where the judge started, not where it ended."""
 _ADJUSTED_RESULT = re.compile(
-    r"(?:=>|->|=|→|⇒|\b(?:final(?:ly)?|total|score|net|so|leaving|leaves|giving|gives|making\s+it|(?:down|up)\s+to)\b)"
+    r"(?:=>|->|=|→|⇒|≈|\b(?:final(?:ly)?|total|score|net|so|leaving|leaves|giving|gives|making\s+it|(?:down|up)\s+to"
+    r"|round(?:ed|s|ing)?(?:\s+(?:up|down))?\s+to)\b)"
     rf"(?:\s+(?:score|total|mark|rating|grade))?\s*(?:[:=]|\bis\b|\bof\b)?\s*(?:an?\s+)?{_VALUE}",
     re.IGNORECASE,
 )
-"""Where such working ends: the last `= 6/9`, `-> 7/9` or `final 5` on the line."""
+"""Where such working ends: the last `= 6/9`, `-> 7/9`, `→ rounded to 7` or `final 5` on the line."""
 _ARITHMETIC = re.compile(rf"(?P<sum>{_SUM}){_VALUE}", re.IGNORECASE)
 _BARE_VALUE = re.compile(rf"{_VALUE}\s*[.!]?", re.IGNORECASE)
 _BARE_LAST_LINE = re.compile(rf"(?!\[){_VALUE}\s*[.!]?", re.IGNORECASE)
@@ -182,7 +185,7 @@ _REVISION = re.compile(
     r"\b(?:on|upon)\s+(?:second\s+thoughts?|(?:further\s+)?reflection|re-?reading|closer\s+(?:look|reading))"
     r"|\bI\s+(?:\w+\s+)?revise\b|\brevis(?:ed|ing)\s+(?:my\s+|the\s+)?(?:score|rating|grade|verdict|assessment)"
     r"|\b(?:I\s+(?:have\s+)?|after\s+|upon\s+|on\s+)reconsider\w*|\bchang\w*\s+my\s+(?:score|mind|rating)"
-    r"|\bI\s+(?:overlooked|missed|misread|was\s+wrong)|\b(?:edit|correction|update)\s*:|\bwait\s*[,:;!—–-]"
+    r"|\bI\s+(?:overlooked|missed|misread|was\s+wrong)|\b(?:edit|correction|update[d]?|revis(?:ed|ion))\s*:|\bwait\s*[,:;!—–-]"
     r"|(?:^|[.!?:;—–]\s*)actually\b|\bI(?:'d|\s+would|\s+will)?\s+actually\b|\d\s+instead\b",
     re.IGNORECASE,
 )
@@ -195,6 +198,18 @@ _NEARBY = 80
 that a long paragraph full of the word `score` stays linear."""
 _WORKING_REACH = 2 * _NEARBY
 """How far after a value its working (`, but deducting 2 for …, final 5`) may run."""
+
+_STATED_ROUNDING = (
+    rf"(?:->|→|=>|⇒)?\s*\(?\s*round(?:ed|s|ing)?(?:\s+(?:up|down))?\s+to\s+"
+    rf"(?P<rounded>{NUMBER})(?:\s*/\s*(?P<rounded_scale>\d+))?\s*\)?"
+)
+_STRICT_SCORE_LINE = re.compile(
+    rf"SCORE\s*:\s*(?P<number>{NUMBER})(?:\s*/\s*(?P<denominator>\d+))?(?:\s*{_STATED_ROUNDING})?\s*[.!]?",
+    re.IGNORECASE,
+)
+"""`SCORE: 7`, `SCORE: 7/10`, `SCORE: 6.5 → rounded to 7` alone on its line, markdown removed."""
+_STRICT_LINE_REACH = 3
+"""The strict line counts on one of the answer's last this many non-empty lines."""
 
 _THINK_BLOCK = re.compile(r"<(think|thinking)>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
 _THINK_OPEN = re.compile(r"<think(?:ing)?>", re.IGNORECASE)
@@ -212,6 +227,8 @@ class _Statement:
     rounded: float | None
     scales: tuple[int, ...]
     """Every scale the judge named for this value (`/10`, `(out of 10)`, `%`)."""
+    fractions: tuple[int, ...]
+    """The denominators of the value written as a fraction (`2/5`), the working's included."""
     line: str
     line_number: int
     start: int
@@ -221,13 +238,19 @@ class _Statement:
     """The judge adjusted the value (`7, minus 1 for length`) without stating the result."""
     revises: bool = False
     """The statement itself changes the score (`I would lower this to 5`)."""
+    whole: bool = False
+    """Its label claims the whole answer (`Final …`, `Total …`, `Overall …`), not a criterion."""
 
-    def readings(self, allow_decimals: bool) -> list[float]:
-        """What the judge may mean, preferred first: `6.5, rounded to 7` means 7 on a whole-number
-        scale and 6.5 on a decimal one."""
-        if self.rounded is None:
-            return [self.stated]
-        return [self.stated, self.rounded] if allow_decimals else [self.rounded, self.stated]
+    def readings(self) -> list[float]:
+        """What the judge may mean, preferred first: `6.5, rounded to 7` means 7, on a decimal
+        scale too, since the judge said what its result is."""
+        return [self.stated] if self.rounded is None else [self.rounded, self.stated]
+
+    def is_sub_score(self, max_score: int) -> bool:
+        """`Score: 1/2` on a 0–10 template scores a criterion: a part is worth less than the
+        whole. `Total: 7/10` or `Score: 7/10` on a 0–9 one is the judge's verdict on the wrong
+        scale (a `scale_mismatch`), not a part to drop."""
+        return not self.whole and any(d < max_score for d in self.fractions)
 
 
 def _clean(line: str) -> str:
@@ -257,6 +280,10 @@ def _scales(match: re.Match[str]) -> tuple[int, ...]:
     return named + ((100,) if groups.get("percent") else ())
 
 
+def _fractions(match: re.Match[str]) -> tuple[int, ...]:
+    return (int(match["denominator"]),) if match.groupdict().get("slash") else ()
+
+
 def _statement(
     match: re.Match[str],
     strength: int,
@@ -264,7 +291,9 @@ def _statement(
     line_number: int,
     *,
     scales: tuple[int, ...] = (),
+    fractions: tuple[int, ...] = (),
     unsettled: bool = False,
+    whole: bool = False,
 ) -> _Statement:
     """`line` is what the report shows; a rounding is looked for after the value on its own line."""
     rounding = _ROUNDING.search(match.string[match.end() : match.end() + _NEARBY])
@@ -273,11 +302,13 @@ def _statement(
         stated=float(match["number"]),
         rounded=float(rounding["rounded"]) if rounding else None,
         scales=scales + _scales(match),
+        fractions=fractions + _fractions(match),
         line=line,
         line_number=line_number,
         start=match.start(),
         end=match.end(),
         unsettled=unsettled,
+        whole=whole or strength == _FINAL,
     )
 
 
@@ -290,6 +321,7 @@ def _verdict_statement(
     *,
     counts_allowed: bool = False,
     revises: bool = False,
+    whole: bool = False,
 ) -> _Statement | None:
     """What the statement from `start` to `value` says, or None when its context shows it is no
     verdict: a criterion's score, a tentative one, or a count. Working after the value moves the
@@ -308,9 +340,11 @@ def _verdict_statement(
         if not _COUNTED.match(_after(text, result))
     ]
     if results:
-        statement = _statement(results[-1], strength, text, line_number, scales=_scales(value))
+        statement = _statement(
+            results[-1], strength, text, line_number, scales=_scales(value), fractions=_fractions(value), whole=whole
+        )
     else:
-        statement = _statement(value, strength, text, line_number, unsettled=adjusted is not None)
+        statement = _statement(value, strength, text, line_number, unsettled=adjusted is not None, whole=whole)
     return replace(statement, start=start, revises=revises)
 
 
@@ -329,17 +363,26 @@ def _label_strength(label: re.Match[str]) -> int:
     return _FINAL if label["final"] else _OVERALL
 
 
+def _claims_the_whole(label: re.Match[str]) -> bool:
+    return bool(label["final"]) or label.group(0).lower().startswith(("total", "overall"))
+
+
 def _table_row_statements(line: str, line_number: int) -> list[_Statement]:
-    """A row whose first cell is an overall label (`| **Total** | 5/9 |`); criterion rows are
-    sub-scores and are not read."""
+    """A row whose first cell is an overall label (`| **Total** | 5/9 |`), with a rounding stated
+    in a later cell (`| **Total** | 7.25/10 | rounded to 7/10 |`); criterion rows are sub-scores
+    and are not read."""
     cells = [_clean(cell) for cell in line.strip().strip("|").split("|")]
     label = _LABEL_ONLY.fullmatch(cells[0]) if cells else None
     if not label:
         return []
-    for cell in cells[1:]:
+    for index, cell in enumerate(cells[1:], start=1):
         value = _BARE_VALUE.fullmatch(cell)
         if value:
-            return [_statement(value, _label_strength(label), line.strip(), line_number)]
+            statement = _statement(value, _label_strength(label), line.strip(), line_number, whole=_claims_the_whole(label))
+            rounding = _ROUNDING.search(" | ".join(cells[index + 1 :]))
+            if statement.rounded is None and rounding:
+                statement = replace(statement, rounded=float(rounding["rounded"]))
+            return [statement]
     return []
 
 
@@ -355,13 +398,16 @@ def _line_statements(line: str, line_number: int) -> list[_Statement]:
             continue
         strength = _label_strength(label)
         counts_allowed = value["separator"] in (":", "=") or value["sum"] is not None
-        statement = _verdict_statement(text, value, label.start(), strength, line_number, counts_allowed=counts_allowed)
+        whole = _claims_the_whole(label)
+        statement = _verdict_statement(
+            text, value, label.start(), strength, line_number, counts_allowed=counts_allowed, whole=whole
+        )
         if statement is None:
             continue
         found.append(statement)
         taken_until = value.end()
         while listed := _LISTED_VALUE.match(text, taken_until):
-            found.append(_statement(listed, strength, text, line_number))
+            found.append(_statement(listed, strength, text, line_number, whole=whole))
             taken_until = listed.end()
     for pattern, strength in ((_BOXED, _FINAL), (_FIRST_PERSON_VERDICT, _OVERALL), (_CHANGED_TO, _OVERALL)):
         for match in pattern.finditer(text):
@@ -388,7 +434,8 @@ def _find_statements(lines: list[str]) -> list[_Statement]:
             value = _BARE_VALUE.fullmatch(_clean(lines[number + 1]))
             if value:
                 joined = f"{line} {lines[number + 1]}"
-                statements.append(_statement(value, _label_strength(label_only), joined, number + 1))
+                strength, whole = _label_strength(label_only), _claims_the_whole(label_only)
+                statements.append(_statement(value, strength, joined, number + 1, whole=whole))
     if not statements:
         last = _BARE_LAST_LINE.fullmatch(_clean(lines[-1]))
         if last:
@@ -402,8 +449,34 @@ def _revisions(lines: list[str], statements: list[_Statement]) -> list[tuple[int
     return markers + [(s.line_number, s.start) for s in statements if s.revises]
 
 
+def _strict_verdict(lines: list[str], statements: list[_Statement]) -> _Statement | None:
+    """The line the templates ask for, when the judge wrote it once, on one of the last lines, with
+    no score or change of mind after it: that is the verdict, whatever the working above it says.
+    Written twice, early, or followed by more, the answer is read like any other."""
+    strict = [(n, m) for n, line in enumerate(lines) if (m := _STRICT_SCORE_LINE.fullmatch(_clean(line)))]
+    if len(strict) != 1 or strict[0][0] < len(lines) - _STRICT_LINE_REACH:
+        return None
+    number, match = strict[0]
+    after = lines[number + 1 :]
+    if any(s.line_number > number for s in statements) or any(_REVISION.search(_clean(line)) for line in after):
+        return None
+    scales = tuple(int(match[group]) for group in ("denominator", "rounded_scale") if match[group])
+    return _Statement(
+        strength=_FINAL,
+        stated=float(match["number"]),
+        rounded=float(match["rounded"]) if match["rounded"] else None,
+        scales=scales,
+        fractions=scales,
+        line=lines[number],
+        line_number=number,
+        start=0,
+        end=match.end(),
+        whole=True,
+    )
+
+
 def _choose_verdict(
-    statements: list[_Statement], revisions: list[tuple[int, int]], allow_decimals: bool
+    statements: list[_Statement], revisions: list[tuple[int, int]]
 ) -> tuple[list[_Statement], float | None, str]:
     """The statements that state the verdict, the one value they all admit (None if there is none)
     and why there is none when it is not plain disagreement. A revision supersedes every statement
@@ -420,14 +493,15 @@ def _choose_verdict(
         return chosen, None, "revised later without a new score"
     if any(s.unsettled for s in chosen):
         return chosen, None, "adjusted without a stated result"
-    preferred = chosen[-1].readings(allow_decimals)
-    agreed = [v for v in preferred if all(v in s.readings(allow_decimals) for s in chosen)]
+    preferred = chosen[-1].readings()
+    agreed = [v for v in preferred if all(v in s.readings() for s in chosen)]
     return chosen, agreed[0] if agreed else None, ""
 
 
 def parse_final_verdict(text: str, *, max_score: int = DEFAULT_MAX_SCORE, allow_decimals: bool = False) -> ScoreResult:
     """Reasoning that never reached an answer (only `<think>`, or an unterminated one) is not read:
-    judges change their minds while thinking, and a score it did not commit to is an invented one."""
+    judges change their minds while thinking, and a score it did not commit to is an invented one.
+    Sub-scores are dropped first, so they can neither contradict the strict line nor the verdict."""
     name = "final_verdict"
     if not text.strip():
         return ScoreResult(parser=name, error="empty_response")
@@ -439,11 +513,15 @@ def parse_final_verdict(text: str, *, max_score: int = DEFAULT_MAX_SCORE, allow_
             lines_examined=_non_empty_lines(reasoning)[-3:],
         )
     lines = _non_empty_lines(answer)
-    statements = _find_statements(lines)
-    if not statements:
+    statements = [s for s in _find_statements(lines) if not s.is_sub_score(max_score)]
+    strict = _strict_verdict(lines, statements)
+    if strict:
+        chosen, verdict, doubt = [strict], strict.readings()[0], ""
+    elif statements:
+        chosen, verdict, doubt = _choose_verdict(statements, _revisions(lines, statements))
+    else:
         return ScoreResult(parser=name, error="no_score_found", lines_examined=lines[-3:])
-    chosen, verdict, doubt = _choose_verdict(statements, _revisions(lines, statements), allow_decimals)
-    candidates = list(dict.fromkeys(s.readings(allow_decimals)[0] for s in chosen))
+    candidates = list(dict.fromkeys(s.readings()[0] for s in chosen))
     shown = list(dict.fromkeys(s.line for s in chosen))
     result = {"parser": name, "candidates": candidates, "lines_examined": shown}
     if verdict is None:

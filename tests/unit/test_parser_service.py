@@ -14,7 +14,7 @@ from shared.events import CallRecord, EvaluationDone
 from shared.inputs import load_experiment
 from shared.tasks import evaluation_tasks, generation_tasks
 
-ROUNDED = "Solid but derivative.\n\nScore: 6.5/9, rounded to 7"
+DECIMAL = "Solid but derivative.\n\nScore: 6.5/9"
 
 
 def judged(raw: Path, text: str) -> EvaluationDone:
@@ -36,13 +36,14 @@ def with_judges(tmp_path: Path, example_raw: Path, parser: str, allow_decimals: 
     return raw
 
 
-@pytest.mark.parametrize(("allow_decimals", "verdict"), [(None, 7.0), ("", 7.0), ("false", 7.0), ("true", 6.5)])
-def test_the_templates_allow_decimals_column_decides_a_rounded_verdict(
-    tmp_path: Path, example_raw: Path, allow_decimals: str | None, verdict: float
+@pytest.mark.parametrize(("allow_decimals", "verdict"), [(None, None), ("", None), ("false", None), ("true", 6.5)])
+def test_the_templates_allow_decimals_column_decides_whether_a_decimal_is_a_score(
+    tmp_path: Path, example_raw: Path, allow_decimals: str | None, verdict: float | None
 ) -> None:
     raw = with_judges(tmp_path, example_raw, "final_verdict", allow_decimals)
-    scored = score_evaluation(judged(raw, ROUNDED))
-    assert (scored.parser, scored.score, scored.parse_error) == ("final_verdict", verdict, None)
+    scored = score_evaluation(judged(raw, DECIMAL))
+    assert (scored.parser, scored.score) == ("final_verdict", verdict)
+    assert (scored.parse_error is None) == (verdict is not None)
 
 
 def test_an_answer_without_a_score_is_a_parse_error_not_a_score(tmp_path: Path, example_raw: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.parser.scoring import DEFAULT_PARSER, PARSERS, ScoreResult, parse_score, reason_code
-from shared.inputs import KNOWN_PARSERS
+from shared.parsers import KNOWN_PARSERS
+from tests.judge_corpus import JudgeAnswer, load_corpus
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,9 @@ FINAL_VERDICT_CASES = [
         score=7,
     ),
     Case(
-        "stated-value-kept-when-decimals-allowed",
+        "stated-rounding-followed-when-decimals-allowed",
         "Solid but derivative.\n\nScore: 6.5/9, rounded to 7",
-        score=6.5,
+        score=7,
         options={"allow_decimals": True},
     ),
     Case(
@@ -583,6 +584,142 @@ AUDITED_CASES = [
 
 @pytest.mark.parametrize("case", AUDITED_CASES, ids=lambda c: c.id)
 def test_final_verdict_on_audited_shapes(case: Case) -> None:
+    assert_reads(case, "final_verdict")
+
+
+# ---- issue 15: the strict line, sub-scores on another scale, stated rounding --------------------
+
+TEN_WITH_HALVES = {"max_score": 10, "allow_decimals": True}
+
+ISSUE_15_CASES = [
+    Case(
+        "strict-line-wins-over-an-earlier-total",
+        "Total: 6/10\n\nThe loop closes in the last paragraph after all.\n\nSCORE: 7/10",
+        score=7,
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "strict-line-wins-over-criterion-scores-without-a-scale",
+        "Concepts — Score: 3\nConnections — Score: 2\nDepth — Score: 1\n\nSCORE: 6",
+        score=6,
+    ),
+    Case(
+        "strict-line-after-a-think-block-that-works-it-out",
+        "<think>3 + 3 + 2 + 2 = 10, maybe 9?</think>\nRunning total: 3 + 3 + 2 + 2 = 10/10\n\nSCORE: 10/10",
+        score=10,
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "strict-line-changed-after-it-is-read-by-the-heuristics",
+        "The essay is complete.\n\nSCORE: 7\n\nThe moat is thin; I'd give it a 6 instead.",
+        score=6,
+    ),
+    Case(
+        "strict-line-with-a-revised-note-after-it-has-no-verdict",
+        "The essay is complete.\n\nSCORE: 7\n\n(Revised: 6)",
+        error="ambiguous",
+    ),
+    Case(
+        "strict-line-twice-is-read-by-the-heuristics",
+        "SCORE: 5\n\nThe critic is described with care.\n\nSCORE: 7",
+        error="ambiguous",
+        candidates=[5, 7],
+    ),
+    Case(
+        "strict-line-on-another-scale-is-a-mismatch",
+        "Everything is there.\n\n**SCORE: 8/10**",
+        error="scale_mismatch",
+    ),
+    Case(
+        "strict-line-with-its-own-rounding",
+        "Off topic.\n\n**SCORE:** 2.5/10 → Rounded to **3/10**",
+        score=3,
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "sub-scores-on-another-scale-are-not-candidates",
+        "- Clarity — Score: **1/2**\n- Depth — (Score: 2/5)\n\n**Total Score: 7/10**\n\nA careful essay.",
+        score=7,
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "only-sub-scores-on-another-scale-have-no-verdict",
+        "- Clarity — Score: 1/2\n- Depth — Score: 2/5",
+        error="no_score_found",
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "fractions-on-the-scale-still-compete",
+        "Score: 6/10\n\nThe moat is thin.\n\nOverall: 8/10",
+        error="ambiguous",
+        candidates=[6, 8],
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "a-score-on-a-larger-scale-is-a-mismatch-not-a-sub-score",
+        "Core 3 + Connections 2 + Depth 2 = 7\n\nMy score: 7/10",
+        error="scale_mismatch",
+    ),
+    Case(
+        "a-final-score-on-another-scale-is-a-mismatch-not-a-sub-score",
+        "Close to the idea.\n\nFinal Score: 4/5",
+        error="scale_mismatch",
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "arrow-rounding-is-the-result",
+        "Nearly there.\n\n- **Total Score: 6.5/10** → Rounded to **7/10**",
+        score=7,
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "arrow-rounding-then-strict-line",
+        "**TOTAL: 5.5/10** → Rounded to **5/10**\n\n**SCORE:** 5",
+        score=5,
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "rounding-in-a-later-table-cell-is-the-result",
+        "| Criterion | Score | Note |\n|---|---|---|\n| **Total** | **7.25/10** | Rounded to **7/10** |",
+        score=7,
+        options=TEN_WITH_HALVES,
+    ),
+    Case(
+        "an-average-worked-out-after-the-label",
+        "**Overall Score**: (10+9+4)/3 = **7.67/10** → Rounded to **8/10**",
+        score=8,
+        options=TEN_WITH_HALVES,
+    ),
+    Case("approximately-is-the-result", "Nearly there.\nTotal: 6.5/10 ≈ 7/10", score=7, options=TEN_WITH_HALVES),
+    Case(
+        "rounded-down-to-is-the-result",
+        "Nearly there.\nOverall score 6.5/10 — rounded down to 6/10 since the moat is only asserted.",
+        score=6,
+        options=TEN_WITH_HALVES,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", ISSUE_15_CASES, ids=lambda c: c.id)
+def test_final_verdict_on_issue_15_shapes(case: Case) -> None:
+    assert_reads(case, "final_verdict")
+
+
+def test_the_strict_line_is_the_line_examined() -> None:
+    result = parse_score("Total: 6/10\n\n**SCORE: 7/10**", max_score=10)
+    assert result.lines_examined == ["**SCORE: 7/10**"]
+    assert result.candidates == [7]
+
+
+@pytest.mark.parametrize("answer", load_corpus(), ids=lambda a: f"{a.file}:{a.id}")
+def test_labelled_judge_answers_read_as_labelled(answer: JudgeAnswer) -> None:
+    """tests/data/judge_answers/: a labelled score must be found and no other, a labelled error
+    given; a known miss (labelled with why) must stay an error, never become a wrong score."""
+    if answer.miss:
+        result = parse_score(answer.text, parser="final_verdict", **answer.options)
+        assert result.score is None and result.error, result
+        return
+    case = Case(answer.id, answer.text, answer.score, answer.error, answer.candidates, answer.options)
     assert_reads(case, "final_verdict")
 
 
