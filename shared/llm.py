@@ -50,6 +50,8 @@ class ErrorKind(StrEnum):
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     OTHER_CLIENT_ERROR = "other_client_error"
+    BUDGET = "budget"
+    """Never sent: the experiment's budget was reached (services/llm_worker/budget.py)."""
 
 
 class LLMError(Exception):

@@ -23,6 +23,7 @@ PERMANENT_KINDS = frozenset(
         ErrorKind.NOT_FOUND,
         ErrorKind.OTHER_CLIENT_ERROR,
         ErrorKind.TRUNCATED_EMPTY,
+        ErrorKind.BUDGET,
     }
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from faststream.exceptions import NackMessage
 from faststream.nats import NatsBroker, NatsMessage
 
+from services.llm_worker.budget import BudgetGate
 from services.llm_worker.response_store import ResponseStore
 from services.llm_worker.worker import Completed, GaveUp, LLMWorker, RetryLater
 from shared.events import TASK_CREATED, CallRecord, EvaluationDone, EvaluationTask, GenerationDone, GenerationTask
@@ -59,6 +60,7 @@ class LLMWorkers:
                       app_url=self.settings.openrouter_app_url),
             await ResponseStore.open(js, self.settings.response_store_bucket, self.settings),
             self.settings,
+            await BudgetGate.open(js, self.settings),
         )
 
         async def handle(msg: NatsMessage) -> None:

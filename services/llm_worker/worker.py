@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
 
+from services.llm_worker.budget import BudgetGate
 from services.llm_worker.response_store import ResponseStore
 from services.llm_worker.retry_policy import decide
 from shared import metrics
@@ -54,6 +55,7 @@ class LLMWorker:
     client: LLMClient
     store: ResponseStore
     settings: Settings
+    budget: BudgetGate = field(default_factory=BudgetGate)
     _limiters: dict[tuple[str, float], AsyncLimiter] = field(default_factory=dict)
 
     def _limiter(self, task: TaskCreated) -> AsyncLimiter | None:
@@ -97,7 +99,7 @@ class LLMWorker:
             return Completed(stored)
         limiter = self._limiter(task)
         try:
-            async with _heartbeats(heartbeat, self.settings.heartbeat_s):
+            async with _heartbeats(heartbeat, self.settings.heartbeat_s), self.budget.spending(task):
                 if limiter:
                     await limiter.acquire()
                 record = await self.client.complete(

@@ -28,6 +28,7 @@ PERMANENT = [
     ErrorKind.NOT_FOUND,
     ErrorKind.OTHER_CLIENT_ERROR,
     ErrorKind.TRUNCATED_EMPTY,
+    ErrorKind.BUDGET,
 ]
 
 
