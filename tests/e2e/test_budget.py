@@ -1,7 +1,8 @@
 """A budget on the real stack, driven as a user does: `daydream run --max-cost` on the fake LLM
 (which reports a cost per call) stops starting calls once the recorded spend plus the calls in
 flight reach the budget, `status` says "stopped: budget", and `rerun --failed` with a higher
-budget finishes the experiment without paying for any call twice."""
+budget finishes the experiment without paying for any call twice. (The run is over the call
+threshold set here, so `--yes` is what lets it start.)"""
 
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def test_a_budget_stops_the_experiment_and_a_higher_one_resumes_it(tmp_path: Pat
                       + "\n", encoding="utf-8")
     with FakeLLMServer(latency_s=0.05) as fake:
         env = {**FAST_RETRIES, "DAYDREAM_LLM_BASE_URL": fake.base_url, "DAYDREAM_ACK_WAIT_S": str(ACK_WAIT_S),
-               "DAYDREAM_ESTIMATE_COMPLETION_TOKENS": "400"}
+               "DAYDREAM_ESTIMATE_COMPLETION_TOKENS": "400", "DAYDREAM_CONFIRM_CALLS": "5"}
         run = daydream_cli("run", "--data", str(data), "--experiment-id", "capped", "--max-cost", str(BUDGET_USD),
-                           env=env)
+                           "--yes", env=env)
         calls_of_run = fake.stats()["total_calls"]
         spent = paid_calls(data, "capped")
         status = daydream_cli("status", "capped", "--data", str(data), env=env)
@@ -52,7 +53,7 @@ def test_a_budget_stops_the_experiment_and_a_higher_one_resumes_it(tmp_path: Pat
     output = run.stdout + run.stderr
     print(f"budget ${BUDGET_USD}: {len(spent)} calls, ${sum(spent):.6f}: {spent}")
     assert run.returncode == 1, output
-    assert "budget: $0.0050" in output
+    assert "estimated cost: $" in output and "budget: $0.0050" in output
     assert "stopped: budget" in output and "daydream rerun capped --failed --max-cost USD" in output
     assert 0 < calls_of_run == len(spent) < PLANNED_CALLS
     # Stopped within a call or two of the budget: calls in flight count at their estimate, and the
