@@ -33,6 +33,12 @@ def safe_id(value: str | None) -> str | None:
     return value
 
 
+def positive_usd(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value} is not a budget: give dollars above 0, e.g. --max-cost 2.5")
+    return value
+
+
 def safe_ids(values: list[str]) -> list[str]:
     for value in values:
         safe_id(value)
@@ -51,3 +57,6 @@ K_MAX = typer.Option(None, "--k-max", help="Concepts per combination (overrides 
 LEVEL = typer.Option(None, "--level", help="Description level: sentence, paragraph or article.")
 REPLICATES = typer.Option(None, "--replicates", help="Generations per combo, template and model.")
 FRESH = typer.Option(False, "--fresh", help="Make new LLM calls even where a stored response exists.")
+MAX_COST = typer.Option(None, "--max-cost", metavar="USD", callback=positive_usd,
+                        help="Budget: start no new LLM call once the experiment's spend plus its calls in flight "
+                             "reach it (overrides max_cost in experiment.toml).")

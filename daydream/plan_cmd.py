@@ -1,8 +1,10 @@
 """`daydream plan`: the dry run. Validates the inputs, writes the task tables, prints what a run
-would cost in LLM calls — without touching the bus."""
+would cost in LLM calls, dollars and time — without touching the bus."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import typer
@@ -18,8 +20,10 @@ from services.combiner.planning import (
     plan_experiment,
     write_task_tables,
 )
+from shared.estimate import Estimate, estimate
 from shared.events import STAGES, ExperimentPlanned
 from shared.inputs import InputErrors, LoadedExperiment, SnapshotConflict, load_experiment, snapshot_experiment
+from shared.settings import Settings
 from shared.tasks import planned_evaluations
 
 INPUT_ERROR_EXIT_CODE = 2
@@ -53,16 +57,43 @@ def print_problems(errors: InputErrors) -> None:
     console.print("Nothing was written.")
 
 
-def write_plan(data: Path, loaded: LoadedExperiment, experiment_dir: Path | None = None) -> tuple[ExperimentPlanned, int]:
+def print_estimate(found: Estimate) -> None:
+    """The estimate with what it assumed, and the free-quota warning when it applies."""
+    settings = Settings()
+    console = Console(soft_wrap=True)
+    cost = f"estimated cost: ${found.cost_usd:,.4f} for {found.calls - found.unpriced_calls:,} priced call(s)"
+    if found.unpriced_calls:
+        cost += (f"; {found.unpriced_calls:,} call(s) of {', '.join(sorted(found.unpriced_models))} have no price "
+                 "(add prompt_price and completion_price, USD per million tokens, to llm_models.csv)")
+    console.print(cost)
+    console.print(Text(f"  assumed {found.prompt_tokens:,} prompt and {found.completion_tokens:,} completion tokens: "
+                       f"{found.assumptions()}", style="dim"))
+    console.print(f"least time the tiers allow: {timedelta(seconds=round(found.minimum_s))}")
+    for tier in found.tiers:
+        rate = f"{tier.requests_per_minute:g}/min -> {timedelta(seconds=round(tier.rate_s))}" \
+            if tier.requests_per_minute else "no rate limit"
+        console.print(Text(f"  tier {tier.tier}: {tier.calls:,} calls (writing and judging), {rate}; "
+                           f"{tier.max_concurrent} at once x {tier.call_s:g}s a call (DAYDREAM_ESTIMATE_CALL_S) "
+                           f"-> {timedelta(seconds=round(tier.cap_s))}", style="dim"))
+    warning = found.free_quota_warning(settings)
+    if warning:
+        Console(stderr=True, soft_wrap=True).print(Text(f"warning: {warning}", style="yellow"))
+
+
+def write_plan(
+    data: Path, loaded: LoadedExperiment, experiment_dir: Path | None = None,
+    approve: Callable[[Estimate], None] = print_estimate,
+) -> tuple[ExperimentPlanned, int]:
     """The task tables and the combo registry, as `plan` and `publish` both leave them; `publish`
-    also snapshots the selection into `experiment_dir`. Every check comes before the first write,
-    so a refused plan leaves every file as it was."""
+    also snapshots the selection into `experiment_dir`. Every check, and `approve` (shown the
+    estimate; it may exit), comes before the first write, so a refused plan leaves every file as it was."""
     spec = loaded.spec
     planned, generations = plan_experiment(spec)
     evaluations = [evaluation for generation in generations for evaluation in planned_evaluations(generation)]
     registry = data / "combo_mappings.csv"
     try:
         new_rows = new_combo_mappings(registry, planned.combos, spec.description_level, spec.k_max)
+        approve(estimate(spec, generations, Settings()))
         if experiment_dir is not None:
             snapshot_experiment(loaded, experiment_dir)
     except (ComboRegistryProblem, SnapshotConflict) as refusal:
@@ -83,7 +114,8 @@ def plan(
     """Validate the inputs and write DIR/2_tasks and DIR/combo_mappings.csv; no LLM is called."""
     loaded = load_or_exit(data / "1_raw", experiment_id=experiment_id, k_max=k_max, level=level, replicates=replicates)
     spec = loaded.spec
-    planned, added = write_plan(data, loaded)
+    found: list[Estimate] = []
+    planned, added = write_plan(data, loaded, approve=found.append)
 
     console = Console(soft_wrap=True)
     console.print(
@@ -105,6 +137,9 @@ def plan(
     console.print(f"generation tasks: {planned.generation_tasks}")
     console.print(f"evaluation tasks: {planned.evaluation_tasks}")
     console.print(f"total LLM calls: {planned.generation_tasks + planned.evaluation_tasks}")
+    print_estimate(found[0])
+    if spec.max_cost is not None:
+        console.print(f"budget: ${spec.max_cost:,.4f} (max_cost in experiment.toml)")
     for fallback in loaded.fallbacks:
         console.print(
             Text(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,8 +15,9 @@ import typer
 from rich.console import Console
 
 from daydream import options
-from daydream.plan_cmd import load_or_exit, write_plan
+from daydream.plan_cmd import load_or_exit, print_estimate, write_plan
 from daydream.stack import StackState, usable_stack
+from shared.estimate import Estimate
 from shared.events import ExperimentRequested, ExperimentSpec
 from shared.ids import MAX_ID_LENGTH, is_safe_id
 from shared.inputs import SPEC_FILE
@@ -39,10 +42,12 @@ def new_experiment_id(name: str) -> str:
 def prepare_experiment(
     data: Path, experiment_id: str | None, k_max: int | None, level: str | None,
     replicates: int | None, fresh: bool, evaluate_truncated: bool = True, endpoint: str | None = None,
+    max_cost: float | None = None, approve: Callable[[Estimate], None] = print_estimate,
 ) -> ExperimentSpec:
-    """Validate and snapshot, bound to `endpoint` (the `endpoint_identity` that will answer it);
-    exits with every input problem listed, or when an existing snapshot of this id is bound to
-    another endpoint, before anything is written."""
+    """Validate and snapshot, bound to `endpoint` (the `endpoint_identity` that will answer it),
+    with the budget `max_cost` (else experiment.toml's); exits with every input problem listed,
+    when an existing snapshot of this id is bound to another endpoint, or when `approve` (shown
+    the estimate) refuses, before anything is written."""
     draft = load_or_exit(data / "1_raw", experiment_id=experiment_id or "draft", k_max=k_max, level=level,
                          replicates=replicates, fresh=fresh, evaluate_truncated=evaluate_truncated)
     spec_id = experiment_id or new_experiment_id(draft.spec.name)
@@ -50,10 +55,30 @@ def prepare_experiment(
     if earlier is not None:
         bound_endpoint(data, earlier.endpoint, endpoint, spec_id)
         endpoint = earlier.endpoint  # a snapshot from before endpoints were recorded stays unbound
+    budget = draft.spec.max_cost if max_cost is None else max_cost
     draft = dataclasses.replace(draft, spec=draft.spec.model_copy(update={"experiment_id": spec_id,
-                                                                          "endpoint": endpoint}))
-    write_plan(data, draft, experiment_dir=data / "experiments" / draft.spec.experiment_id)
+                                                                          "endpoint": endpoint, "max_cost": budget}))
+    write_plan(data, draft, experiment_dir=data / "experiments" / draft.spec.experiment_id, approve=approve)
+    record_budget(data, spec_id, budget)
     return draft.spec
+
+
+BUDGET_FILE = "budget.json"
+"""The experiment's current budget, beside its snapshot and not part of it: raising it is no new selection."""
+
+
+def record_budget(data: Path, experiment_id: str, max_cost: float | None) -> None:
+    path = data / "experiments" / experiment_id / BUDGET_FILE
+    if max_cost is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"max_cost": max_cost}) + "\n", encoding="utf-8")
+
+
+def recorded_budget(data: Path, experiment_id: str) -> float | None:
+    path = data / "experiments" / experiment_id / BUDGET_FILE
+    return json.loads(path.read_text(encoding="utf-8"))["max_cost"] if path.exists() else None
 
 
 def bound_endpoint(data: Path, spec_endpoint: str | None, serving: str | None, experiment_id: str) -> None:
@@ -96,12 +121,13 @@ def publish(
     level: str | None = options.LEVEL,
     replicates: int | None = options.REPLICATES,
     fresh: bool = options.FRESH,
+    max_cost: float | None = options.MAX_COST,
 ) -> None:
     """Validate, snapshot and publish an experiment to the stack at NATS_URL (default: the stack
     `daydream up` runs for this data dir)."""
     settings, serving = destination(data)
     spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated,
-                              endpoint=serving)
+                              endpoint=serving, max_cost=max_cost)
     asyncio.run(publish_experiment(settings, spec))
     console.print(f"published experiment [bold]{spec.experiment_id}[/] to {without_credentials(settings.nats_url)}")
     console.print(f"follow it with: daydream status {spec.experiment_id} --data {data}")

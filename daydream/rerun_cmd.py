@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from daydream import options
-from daydream.publish_cmd import bound_endpoint, snapshot_spec
+from daydream.publish_cmd import bound_endpoint, record_budget, recorded_budget, snapshot_spec
 from daydream.run_cmd import configured_endpoint, on_a_stack, stack_or_lock
 from services.tracker.db import init_db, make_engine
 from services.tracker.views import RecordedResults, Views
@@ -74,10 +74,12 @@ def rerun(
     task: list[str] = typer.Option([], "--task", callback=options.safe_ids,
                                    help="Republish one task, generation or evaluation (repeatable)."),
     data: Path = options.RECORDED_DATA,
+    max_cost: float | None = options.MAX_COST,
 ) -> None:
     """Republish what failed or never reported (or chosen tasks) and follow it to the end — on the
     stack at NATS_URL when set (then follow with `daydream status`), else on this data dir's
-    `daydream up` stack or one started for the rerun."""
+    `daydream up` stack or one started for the rerun. The tasks carry the experiment's budget:
+    `--max-cost` raises it (how an experiment stopped by its budget continues)."""
     settings = Settings(data=data)
     spec = snapshot_spec(data, experiment_id)
     if spec is None:
@@ -102,6 +104,12 @@ def rerun(
     if not chosen:
         console.print(f"nothing to rerun: every task of {experiment_id} is recorded")
         return
+    if max_cost is not None:
+        record_budget(data, experiment_id, max_cost)
+    budget = recorded_budget(data, experiment_id)
+    if budget is not None:
+        chosen = [task.model_copy(update={"max_cost": budget}) for task in chosen]
+        console.print(f"budget: ${budget:,.4f}")
 
     async def publish(on: Settings) -> None:
         await republish_tasks(on, chosen)

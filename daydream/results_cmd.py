@@ -18,6 +18,7 @@ from services.tracker.rebuild import RebuildError
 from services.tracker.rebuild import rebuild as rebuild_from_artifacts
 from services.tracker.summaries import latest_experiment_id, render_results_table, write_results
 from services.tracker.views import Views
+from shared.llm import ErrorKind
 
 console = Console()
 
@@ -65,7 +66,7 @@ def render_progress(progress: Progress, stack_live: bool = True) -> Table:
     """Planned, done, failed and skipped per stage and tier, with spend so far (and what reused
     responses saved, which is not spend). Unfinished with no live stack is interrupted, not running."""
     if progress.finished:
-        state = "[green]finished[/green]"
+        state = "[red]stopped: budget[/red]" if ErrorKind.BUDGET in progress.failures_by_reason else "[green]finished[/green]"
     else:
         state = "[yellow]running[/yellow]" if stack_live else "[red]interrupted[/red]"
     table = Table(title=f"{progress.experiment_id}: {state}")

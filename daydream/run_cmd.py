@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.progress import (
 
 from daydream import options
 from daydream.nats_process import port_free
+from daydream.plan_cmd import INPUT_ERROR_EXIT_CODE, print_estimate
 from daydream.publish_cmd import prepare_experiment, publish_experiment
 from daydream.stack import (
     STATE_FILE,
@@ -38,8 +40,9 @@ from services.tracker.progress import PROGRESS_STAGES
 from services.tracker.progress import Progress as ExperimentProgress
 from services.tracker.summaries import render_results_table, write_results
 from services.tracker.views import Views
+from shared.estimate import Estimate
 from shared.events import TierSpec
-from shared.llm import endpoint_identity
+from shared.llm import ErrorKind, endpoint_identity
 from shared.settings import OPENROUTER_BASE_URL, Settings
 
 console = Console()
@@ -164,7 +167,11 @@ def report(tracker: Views, engine, data: Path, progress: ExperimentProgress) -> 
         return 0
     reasons = ", ".join(f"{reason}: {count}" for reason, count in progress.failures_by_reason.items())
     console.print(f"[red]{failed} task(s) did not complete[/] ({reasons}).")
-    console.print(f"retry them with: daydream rerun {experiment_id} --failed --data {data}")
+    if ErrorKind.BUDGET in progress.failures_by_reason:
+        console.print(f"[red]stopped: budget[/] after ${progress.cost_usd:.4f}; raise it and resume with: "
+                      f"daydream rerun {experiment_id} --failed --max-cost USD --data {data}")
+    else:
+        console.print(f"retry them with: daydream rerun {experiment_id} --failed --data {data}")
     return 1
 
 
@@ -249,14 +256,18 @@ def run(
     level: str | None = options.LEVEL,
     replicates: int | None = options.REPLICATES,
     fresh: bool = options.FRESH,
+    max_cost: float | None = options.MAX_COST,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Start without asking, however large the estimate."),
 ) -> None:
     """Run an experiment end to end on an embedded stack, with live progress, then print results."""
     settings = Settings(data=data)
     running, lock = stack_or_lock(data)
     serving = running.endpoint if running and running.endpoint else configured_endpoint(settings)
     spec = prepare_experiment(data, experiment_id, k_max, level, replicates, fresh, settings.evaluate_truncated,
-                              endpoint=serving)
-    flags = {"--k-max": k_max, "--level": level, "--replicates": replicates}
+                              endpoint=serving, max_cost=max_cost, approve=lambda found: approve_run(found, settings, yes))
+    if spec.max_cost is not None:
+        console.print(f"budget: ${spec.max_cost:,.4f}")
+    flags = {"--k-max": k_max, "--level": level, "--replicates": replicates, "--max-cost": max_cost}
     resume = " ".join([f"daydream run --experiment-id {spec.experiment_id} --data {data}",
                        *(f"{flag} {value}" for flag, value in flags.items() if value is not None)])
 
@@ -265,6 +276,22 @@ def run(
         console.print(f"experiment [bold]{spec.experiment_id}[/] published")
 
     on_a_stack(data, settings, spec.experiment_id, spec.tiers, publish, resume, running=running, lock=lock)
+
+
+def approve_run(found: Estimate, settings: Settings, yes: bool) -> None:
+    """Print the estimate; over the thresholds, ask before starting (unless `--yes`). With no
+    terminal to ask on, refuse and say how to go ahead rather than wait for an answer."""
+    print_estimate(found)
+    reason = found.confirmation_reason(settings)
+    if reason is None or yes:
+        return
+    if not sys.stdin.isatty():
+        console.print(f"[red]not started:[/] this run makes {reason}, and there is no terminal to confirm on. "
+                      "Pass --yes to start it anyway, or make it smaller (k_max, active rows).")
+        raise typer.Exit(INPUT_ERROR_EXIT_CODE)
+    if not typer.confirm(f"This run makes {reason}. Start it?", default=False):
+        console.print("not started; nothing was written")
+        raise typer.Exit(1)
 
 
 def up(data: Path = options.DATA_DIR) -> None:

@@ -108,6 +108,10 @@ class ModelSpec(Contract):
     max_tokens: int | None = None
     routing: ProviderRouting | None = None
     """Sent to OpenRouter only; part of the request hash, since it decides who answers."""
+    prompt_price: float | None = None
+    completion_price: float | None = None
+    """USD per million prompt / completion tokens: for estimates and the budget's calls in flight,
+    never sent; what a call cost is what the provider reports."""
 
 
 class TierSpec(Contract):
@@ -142,6 +146,8 @@ class ExperimentSpec(Contract):
     tiers: list[TierSpec]
     endpoint: str | None = None
     """The `endpoint_identity` the experiment was published against (never the key)."""
+    max_cost: float | None = None
+    """The budget in USD: how one publish steers the run, like `fresh`, not part of the selection."""
 
 
 class EvaluationPlan(Contract):
@@ -208,6 +214,8 @@ class TaskBase(Event):
     fresh: bool = False
     endpoint: str | None = None
     """The experiment's `endpoint_identity`: a worker serving another endpoint never answers it."""
+    max_cost: float | None = None
+    """The experiment's budget in USD: no new call starts once its spend plus the calls in flight reach it."""
     combo_id: SafeId
     generation_template_id: SafeId
     generation_model_id: SafeId

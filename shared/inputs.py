@@ -73,7 +73,7 @@ EVALUATION_TEMPLATES_CSV = "evaluation_templates.csv"
 MODELS_CSV = "llm_models.csv"
 TIERS_CSV = "tiers.csv"
 EXPERIMENT_TOML = "experiment.toml"
-EXPERIMENT_KEYS = ("name", "k_max", "description_level", "replicates", "seed")
+EXPERIMENT_KEYS = ("name", "k_max", "description_level", "replicates", "seed", "max_cost")
 
 MAX_INPUT_FILE_BYTES = 10 * 1024**2
 """Read whole: a file larger than this is refused before it is read."""
@@ -83,6 +83,9 @@ TEMPERATURE_RANGE = (0.0, 2.0)
 TRUE_WORDS = ("true", "1", "yes")
 ROUTING_COLUMNS = ("provider_order", "allow_fallbacks", "require_parameters", "quantizations")
 """Optional llm_models.csv columns: OpenRouter's provider routing for that model."""
+PRICE_COLUMNS = ("prompt_price", "completion_price")
+"""Optional llm_models.csv columns: USD per million prompt / completion tokens. They change the
+estimate, not the results, so a snapshot compares equal without them."""
 PROVIDER_SLUG = re.compile(r"^[a-z0-9][a-z0-9._/-]*$")
 FALSE_WORDS = ("false", "0", "no")
 
@@ -107,7 +110,7 @@ SCHEMAS = {
     MODELS_CSV: CsvSchema(
         MODELS_CSV,
         ("id", "model", "provider", "tier", "for_generation", "for_evaluation", "active"),
-        ("temperature", "max_tokens", *ROUTING_COLUMNS),
+        ("temperature", "max_tokens", *ROUTING_COLUMNS, *PRICE_COLUMNS),
     ),
     TIERS_CSV: CsvSchema(TIERS_CSV, ("tier", "max_concurrent", "requests_per_minute")),
 }
@@ -232,17 +235,27 @@ def _same_snapshot_content(name: str, recorded: str, current: str) -> bool:
     added (and so without it) is the same selection when everything it did record agrees and the
     additions hold their defaults."""
     if name == SPEC_FILE:
-        return ExperimentSpec.model_validate_json(recorded) == ExperimentSpec.model_validate_json(current)
+        return _selection(ExperimentSpec.model_validate_json(recorded)) == _selection(
+            ExperimentSpec.model_validate_json(current))
     if name.endswith(".json"):
         return bool(json.loads(recorded) == json.loads(current))
     if name.endswith(".csv"):
         old_rows, new_rows = _csv_rows(recorded), _csv_rows(current)
         return len(old_rows) == len(new_rows) and all(
-            all(new.get(column, "") == value for column, value in old.items())
-            and all(old.get(column, "") == value for column, value in new.items() if column not in old and value)
+            all(new.get(column, "") == value for column, value in old.items() if column not in PRICE_COLUMNS)
+            and all(old.get(column, "") == value for column, value in new.items()
+                    if column not in old and value and column not in PRICE_COLUMNS)
             for old, new in zip(old_rows, new_rows, strict=True)
         )
     return recorded == current
+
+
+def _selection(spec: ExperimentSpec) -> dict:
+    """What decides an experiment's results: the spec without how one publish steers it (`fresh`,
+    the budget) and without the prices, which only change the estimate."""
+    prices = {"__all__": set(PRICE_COLUMNS)}
+    return spec.model_dump(exclude={"fresh": True, "max_cost": True,
+                                    "generation_models": prices, "evaluation_models": prices})
 
 
 def _csv_rows(text: str) -> list[dict[str, str]]:
@@ -265,8 +278,8 @@ def _snapshot_files(loaded: LoadedExperiment) -> dict[str, str]:
     }
     files["settings.json"] = json.dumps(settings, indent=2) + "\n"
     # The resolved texts too (descriptions, templates): an edited template is another selection.
-    # `fresh` is how one publish treats the response store, not part of the selection.
-    files[SPEC_FILE] = spec.model_dump_json(indent=2, exclude={"fresh"}) + "\n"
+    # `fresh` and the budget are how one publish steers the run, not part of the selection.
+    files[SPEC_FILE] = spec.model_dump_json(indent=2, exclude={"fresh", "max_cost"}) + "\n"
     return files
 
 
@@ -291,6 +304,7 @@ class _Settings:
     replicates: int | None = 1
     replicates_source: str = EXPERIMENT_TOML
     seed: int | None = None
+    max_cost: float | None = None
 
 
 @dataclass
@@ -362,6 +376,7 @@ class _Loader:
             fresh=fresh,
             evaluate_truncated=evaluate_truncated,
             seed=settings.seed,
+            max_cost=settings.max_cost,
             concepts=concepts,
             generation_templates=generation_templates,
             evaluation_templates=evaluation_templates,
@@ -393,6 +408,9 @@ class _Loader:
             settings.description_level = self.level(table.get("description_level"), EXPERIMENT_TOML)
             settings.replicates = self.toml_value(table, "replicates", int, "a whole number of 1 or more", minimum=1)
             settings.seed = self.toml_value(table, "seed", int, "a whole number, e.g. seed = 7")
+            settings.max_cost = self.toml_value(table, "max_cost", (int, float),
+                                                "a number of dollars above 0, e.g. max_cost = 2.5", minimum=0,
+                                                above=True)
             levels = ", ".join(DESCRIPTION_LEVELS)
             required = {
                 "name": ('add a line: name = "my-experiment"', None),
@@ -439,7 +457,9 @@ class _Loader:
     def toml_problem(self, key: str, message: str, fix: str) -> None:
         self.problem(EXPERIMENT_TOML, self.toml_lines.get(key), message, fix)
 
-    def toml_value(self, table: dict, key: str, kind: type, expected: str, *, minimum: int | None = None):
+    def toml_value(self, table: dict, key: str, kind: type | tuple[type, ...], expected: str, *,
+                   minimum: float | None = None, above: bool = False):
+        """`above`: the value must be greater than `minimum`, not merely equal to it."""
         if key not in table:
             return getattr(_Settings(), key)
         value = table[key]
@@ -447,7 +467,9 @@ class _Loader:
         if valid and kind is str:
             valid = bool(value.strip())
         if valid and minimum is not None:
-            valid = value >= minimum
+            valid = value > minimum if above else value >= minimum
+        if valid and isinstance(value, float):
+            valid = math.isfinite(value)
         if valid:
             return value
         self.toml_problem(key, f"{key} = {value!r} is not {expected}", f"write {key} as {expected}")
@@ -690,6 +712,15 @@ class _Loader:
         routing = ProviderRouting(order=order, quantizations=quantizations, **flags)
         return routing if routing.request_field() else None
 
+    def prices(self, row: _Row) -> tuple[float | None, float | None]:
+        """Both prices or neither: a model priced on one side only would be estimated as half free."""
+        prompt, completion = (self.number(row, column, minimum=0) for column in PRICE_COLUMNS)
+        if bool(row["prompt_price"]) != bool(row["completion_price"]):
+            empty = "completion_price" if row["prompt_price"] else "prompt_price"
+            self.problem(row.file, row.line, f"{empty} is empty while the other price is set",
+                         "give both prices in USD per million tokens (0 for free), or leave both empty")
+        return prompt, completion
+
     def flag(self, row: _Row, column: str) -> bool | None:
         word = row[column].lower()
         if word in TRUE_WORDS:
@@ -888,6 +919,7 @@ class _Loader:
             temperature = self.number(row, "temperature", minimum=TEMPERATURE_RANGE[0], maximum=TEMPERATURE_RANGE[1])
             max_tokens = self.whole_number(row, "max_tokens", optional=True)
             routing = self.routing(row)
+            prompt_price, completion_price = self.prices(row)
             for column in ("model", "provider", "tier"):
                 if not row[column]:
                     self.problem(row.file, row.line, f"{column} is empty", f"give every model a {column}")
@@ -913,6 +945,8 @@ class _Loader:
                 temperature=temperature,
                 max_tokens=max_tokens,
                 routing=routing,
+                prompt_price=prompt_price,
+                completion_price=completion_price,
             )
             if for_generation:
                 generation.append(model)

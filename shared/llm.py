@@ -51,6 +51,8 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"
     OTHER_CLIENT_ERROR = "other_client_error"
     QUOTA_EXHAUSTED = "quota_exhausted"
+    BUDGET = "budget"
+    """Never sent: the experiment's budget was reached (services/llm_worker/budget.py)."""
 
 
 class LLMError(Exception):

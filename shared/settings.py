@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     """`plan`, `publish` and `run` refuse an experiment that would make more LLM calls than this
     (generations + evaluations), counted before anything is built."""
 
+    estimate_completion_tokens: int = Field(default=1024, ge=1)
+    """Completion tokens the estimate assumes for a model with no `max_tokens` in llm_models.csv."""
+    estimate_call_s: float = Field(default=10.0, ge=0)
+    """Seconds the estimate assumes one call takes, for the time each tier's `max_concurrent` allows."""
+    free_daily_requests: int = Field(default=50, ge=0)
+    """OpenRouter's daily quota of `:free` model requests per account: 50, or 1000 once $10 of
+    credits were bought (openrouter.ai/docs, Free Variant). `plan` and `run` warn above it."""
+    confirm_calls: int = Field(default=1000, ge=0)
+    confirm_cost_usd: float = Field(default=5.0, ge=0)
+    """`run` asks before starting more LLM calls, or a larger estimated cost, than these (`--yes` skips)."""
+    spend_bucket: str = "dd_spend"
+    """The NATS KV bucket where the tracker puts each budgeted experiment's recorded spend."""
+
     ack_wait_s: float = 60.0
     heartbeat_s: float = 15.0
     duplicate_window_s: float = 3600.0

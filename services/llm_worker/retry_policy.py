@@ -24,6 +24,7 @@ PERMANENT_KINDS = frozenset(
         ErrorKind.OTHER_CLIENT_ERROR,
         ErrorKind.TRUNCATED_EMPTY,
         ErrorKind.QUOTA_EXHAUSTED,
+        ErrorKind.BUDGET,
     }
 )
 

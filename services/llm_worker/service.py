@@ -5,6 +5,7 @@ from __future__ import annotations
 from faststream.exceptions import NackMessage
 from faststream.nats import NatsBroker, NatsMessage
 
+from services.llm_worker.budget import BudgetGate
 from services.llm_worker.response_store import ResponseStore
 from services.llm_worker.tier_control import TierControl
 from services.llm_worker.worker import Completed, GaveUp, LLMWorker, RetryLater
@@ -63,6 +64,7 @@ class LLMWorkers:
             await ResponseStore.open(js, self.settings.response_store_bucket, self.settings),
             self.settings,
             self.tiers,
+            await BudgetGate.open(js, self.settings),
         )
 
         async def handle(msg: NatsMessage) -> None:

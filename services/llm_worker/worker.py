@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.llm_worker.budget import BudgetGate
 from services.llm_worker.response_store import ResponseStore
 from services.llm_worker.retry_policy import decide
 from services.llm_worker.tier_control import TierStopped
@@ -68,6 +69,7 @@ class LLMWorker:
     store: ResponseStore
     settings: Settings
     tiers: TierGate
+    budget: BudgetGate = field(default_factory=BudgetGate)
 
     def _failure(self, task: TaskCreated, reason: str, message: str, attempt: int) -> GaveUp:
         return GaveUp(TaskFailed(
@@ -100,10 +102,11 @@ class LLMWorker:
         try:
             async with _heartbeats(heartbeat, self.settings.heartbeat_s), self.tiers.slot(tier, task.stage):
                 try:
-                    record = await self.client.complete(
-                        task.model, task.prompt, task.parameters,
-                        attempt=attempt, request_hash=key, replicate=task.replicate,
-                    )
+                    async with self.budget.spending(task):
+                        record = await self.client.complete(
+                            task.model, task.prompt, task.parameters,
+                            attempt=attempt, request_hash=key, replicate=task.replicate,
+                        )
                 except LLMError as raised:
                     error = quota_exhausted(raised, utcnow(), self.settings.quota_horizon_s) or raised
                     await self.tiers.failed(tier, error)

@@ -23,6 +23,7 @@ from shared.events import (
 from shared.lifecycle import BackgroundTasks
 from shared.service import decode, jetstream, make_app, make_broker, subscribe
 from shared.settings import get_settings
+from shared.spend import open_spend_bucket, put_spend
 from shared.topology import (
     DEAD_LETTER_CONSUMER,
     TRACKER_SUBJECTS,
@@ -42,6 +43,7 @@ def tracker() -> Tracker:
 
 
 lease: list[Lease] = []
+spend_bucket: list = []
 
 RECORDERS_BY_EVENT = {
     ExperimentRequested: Tracker.record_requested,
@@ -59,9 +61,19 @@ subject there without a recorder here fails at import."""
 
 def recorder_for(event_type, record):
     async def handle(msg: NatsMessage) -> None:
-        record(tracker(), await decode(broker, msg, event_type, stage="tracking"))
+        event = await decode(broker, msg, event_type, stage="tracking")
+        record(tracker(), event)
+        await publish_spend(event)
 
     return handle
+
+
+async def publish_spend(event) -> None:
+    """After a result of an experiment with a budget, its spend for the workers' budget gate
+    (services/llm_worker/budget.py); written after the row, so it never runs ahead of the table."""
+    if isinstance(event, GenerationDone | EvaluationDone) and event.task.max_cost is not None:
+        experiment_id = event.task.experiment_id
+        await put_spend(spend_bucket[0], experiment_id, tracker().spend(experiment_id))
 
 
 class StoredTasks:
@@ -108,6 +120,7 @@ async def startup() -> None:
     js = await jetstream(broker)
     await ensure_service_topology(js, settings, readers=[*TRACKER_SUBJECTS, DEAD_LETTER_CONSUMER])
     lease.append(await Lease.open(js, settings))
+    spend_bucket.append(await open_spend_bucket(js, settings))
     await lease[0].acquire()  # a standby waits here, reading nothing, until the active tracker is gone
     background.start(lease[0].keep())
     tracker().reconcile_csvs()

@@ -8,14 +8,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from services.tracker import progress as progress_counts
 from services.tracker.artifacts import Layout
 from services.tracker.progress import Progress
-from services.tracker.tables import EvaluationResult, Experiment, Failure, GenerationResult
+from services.tracker.tables import EvaluationResult, Experiment, Failure, GenerationResult, LlmCall
 from shared.events import TASK_CREATED, TaskCreated
+from shared.spend import Spend
 
 
 class RecordedGeneration(NamedTuple):
@@ -96,3 +97,14 @@ class Views:
     def progress(self, experiment_id: str) -> Progress:
         with Session(self.engine) as session:
             return progress_counts.progress(session, experiment_id)
+
+    def spend(self, experiment_id: str) -> Spend:
+        """What the experiment's paid calls cost: a reused response costs nothing again."""
+        with Session(self.engine) as session:
+            by_stage = session.exec(
+                select(LlmCall.stage, func.coalesce(func.sum(LlmCall.cost_usd), 0.0), func.count())
+                .where(LlmCall.experiment_id == experiment_id, LlmCall.cached == False)  # noqa: E712
+                .group_by(LlmCall.stage)
+            ).all()
+        return Spend(cost_usd=float(sum(cost for _, cost, _ in by_stage)), calls=sum(calls for *_, calls in by_stage),
+                     calls_by_stage={stage: calls for stage, _, calls in by_stage})

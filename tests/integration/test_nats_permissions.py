@@ -40,6 +40,7 @@ from shared.events import (
     task_subject,
 )
 from shared.settings import Settings
+from shared.spend import Spend, open_spend_bucket, put_spend, put_unrecorded, read_spend, read_unrecorded
 from shared.topology import (
     COMBINER_CONSUMER,
     DEAD_LETTER_CONSUMER,
@@ -337,6 +338,25 @@ async def test_llm_workers_share_the_response_store_and_no_one_else_writes_it(co
     await parser.nc.publish(f"$KV.{BUCKET}.request-hash", b"forged")
     assert await parser.refusals()
     assert (await store.get("request-hash")).value == b"stored answer"
+
+
+async def test_the_spend_bucket_takes_the_trackers_spend_and_the_workers_calls_in_flight(connect: Callable) -> None:
+    """What the budget gate and the tracker do (shared.spend), each as its own user; the parser may not forge it."""
+    tracker = await connect("tracker")
+    spend = await open_spend_bucket(tracker.js, SETTINGS)
+    await put_spend(spend, "exp", Spend(cost_usd=0.5, calls=2, calls_by_stage={"generation": 2}))
+    for user, stage in (("generator", "generation"), ("evaluator", "evaluation")):
+        worker = await connect(user)
+        board = await open_spend_bucket(worker.js, SETTINGS)
+        assert (await read_spend(board, "exp")).cost_usd == 0.5
+        await put_unrecorded(board, "exp", stage, 0.25)
+        assert await worker.refusals_so_far() == []
+    assert await read_unrecorded(spend, "exp", "evaluation") == 0.25
+
+    parser = await connect("parser")
+    await parser.nc.publish(f"$KV.{SETTINGS.spend_bucket}.exp", b'{"cost_usd": 0}')
+    assert await parser.refusals()
+    assert (await read_spend(spend, "exp")).cost_usd == 0.5
 
 
 async def test_tracker_receives_dead_letters_of_tasks(connect: Callable) -> None:

@@ -273,3 +273,33 @@ def test_a_snapshot_written_before_a_field_was_added_is_the_same_selection(raw: 
     snapshot_experiment(load_experiment(raw, experiment_id="exp-1"), target)
     with pytest.raises(SnapshotConflict, match=r"differs in settings\.json"):
         snapshot_experiment(load_experiment(raw, experiment_id="exp-1", k_max=3), target)
+
+
+def with_prices(raw: Path, writer: str, judge: str) -> None:
+    models = raw / "llm_models.csv"
+    text = models.read_text(encoding="utf-8")
+    text = text.replace("temperature,max_tokens", "temperature,max_tokens,prompt_price,completion_price")
+    text = text.replace("true,0.7,1000", f"true,0.7,1000,{writer}").replace("true,,", f"true,,,{judge}")
+    models.write_text(text, encoding="utf-8")
+
+
+def test_prices_and_the_budget_are_read_with_the_selection(raw: Path) -> None:
+    with_prices(raw, "0,0", "0.4,1.6")
+    toml = raw / "experiment.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + "max_cost = 2.5\n", encoding="utf-8")
+    spec = load_experiment(raw, experiment_id="x").spec
+    (writer,), (judge,) = spec.generation_models, spec.evaluation_models
+    assert (writer.prompt_price, writer.completion_price) == (0.0, 0.0)
+    assert (judge.prompt_price, judge.completion_price) == (0.4, 1.6)
+    assert spec.max_cost == 2.5
+
+
+def test_new_prices_or_another_budget_resume_the_same_experiment(raw: Path, tmp_path: Path) -> None:
+    """Prices change the estimate and the budget steers the run: neither is another selection."""
+    target = tmp_path / "experiments" / "exp-1"
+    snapshot_experiment(load_experiment(raw, experiment_id="exp-1"), target)
+    with_prices(raw, "0,0", "0.4,1.6")
+    toml = raw / "experiment.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + "max_cost = 2.5\n", encoding="utf-8")
+    snapshot_experiment(load_experiment(raw, experiment_id="exp-1"), target)
+    assert "max_cost" not in json.loads((target / "spec.json").read_text(encoding="utf-8"))

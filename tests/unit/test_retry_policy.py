@@ -29,6 +29,7 @@ PERMANENT = [
     ErrorKind.OTHER_CLIENT_ERROR,
     ErrorKind.TRUNCATED_EMPTY,
     ErrorKind.QUOTA_EXHAUSTED,
+    ErrorKind.BUDGET,
 ]
 
 
