@@ -167,6 +167,8 @@ def report(tracker: Views, engine, data: Path, progress: ExperimentProgress) -> 
         return 0
     reasons = ", ".join(f"{reason}: {count}" for reason, count in progress.failures_by_reason.items())
     console.print(f"[red]{failed} task(s) did not complete[/] ({reasons}).")
+    for reason, message in tracker.failure_examples(experiment_id).items():
+        console.print(f"  [red]{reason}[/]: {message}")
     if ErrorKind.BUDGET in progress.failures_by_reason:
         console.print(f"[red]stopped: budget[/] after ${progress.cost_usd:.4f}; raise it and resume with: "
                       f"daydream rerun {experiment_id} --failed --max-cost USD --data {data}")

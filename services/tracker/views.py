@@ -72,6 +72,20 @@ class Views:
             ).all()
         return [TASK_CREATED.validate_python(task) for task in tasks if task is not None]
 
+    def failure_examples(self, experiment_id: str) -> dict[str, str]:
+        """One message per failure reason, the first recorded: what `run` shows so a stopped tier
+        or a refused key is read on screen, with the provider's words and the fix."""
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(Failure.reason, Failure.message)
+                .where(Failure.experiment_id == experiment_id, Failure.resolved == False)  # noqa: E712
+                .order_by(Failure.task_id)
+            ).all()
+        examples: dict[str, str] = {}
+        for reason, message in rows:
+            examples.setdefault(reason, message)
+        return examples
+
     def recorded_results(self, experiment_id: str) -> RecordedResults:
         with Session(self.engine) as session:
             generations = session.exec(

@@ -125,3 +125,27 @@ def pid_alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_a_refused_key_stops_the_tier_and_run_says_why_and_how_to_fix_it(data: Path) -> None:
+    """Every model answers 401: the first call of each tier opens its circuit, every other task
+    of it fails at once without a call, and `run` ends saying what the provider said and the fix."""
+    models = data / "1_raw" / "llm_models.csv"
+    lines = models.read_text().splitlines()
+    header = lines[0].split(",")
+    model_column = header.index("model")
+    refused = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split(",")
+        cells[model_column] += "+fault=401"
+        refused.append(",".join(cells))
+    models.write_text("\n".join(refused) + "\n")
+    started = time.monotonic()
+    process = daydream("run", "--data", str(data), "--experiment-id", "refused", "--yes")
+    output, _ = process.communicate(timeout=180)
+    took = time.monotonic() - started
+    print(f"run with a refused key ended in {took:.1f}s")
+    assert process.returncode == 1, output
+    assert "did not complete (auth: 16)" in output
+    assert "is stopped: " in output and "answered 401" in output and "set OPENROUTER_API_KEY" in output
+    assert "daydream rerun refused --failed" in output

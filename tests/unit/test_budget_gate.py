@@ -13,6 +13,7 @@ from services.llm_worker.budget import BudgetGate, MemoryBoard
 from services.llm_worker.worker import Completed, GaveUp, LLMWorker
 from shared.llm import ErrorKind, LLMError
 from shared.spend import Spend
+from tests.fakes import FakeTierGate
 from tests.unit.test_llm_worker import SETTINGS, DictStore, FakeClient, no_heartbeat, task
 
 
@@ -30,7 +31,7 @@ def priced(**changes):
 async def test_the_recorded_spend_reaching_the_budget_stops_new_calls_with_a_kept_task() -> None:
     recorded = {"exp": Spend(cost_usd=0.99, calls=3)}
     client, store = FakeClient(["an essay"]), DictStore()
-    runner = LLMWorker(client, store, SETTINGS, gate(recorded))  # type: ignore[arg-type]
+    runner = LLMWorker(client, store, SETTINGS, FakeTierGate(), gate(recorded))  # type: ignore[arg-type]
     assert isinstance(await runner.run(priced(), attempt=1, heartbeat=no_heartbeat), Completed)
     recorded["exp"] = Spend(cost_usd=1.0, calls=4)
     second = priced(task_id="t2", prompt="y" * 400)
@@ -46,9 +47,9 @@ async def test_the_recorded_spend_reaching_the_budget_stops_new_calls_with_a_kep
 
 async def test_a_stored_answer_is_reused_over_budget() -> None:
     store = DictStore()
-    runner = LLMWorker(FakeClient(["paid once"]), store, SETTINGS)  # type: ignore[arg-type]
+    runner = LLMWorker(FakeClient(["paid once"]), store, SETTINGS, FakeTierGate())  # type: ignore[arg-type]
     await runner.run(priced(), attempt=1, heartbeat=no_heartbeat)
-    over = LLMWorker(FakeClient([]), store, SETTINGS, gate({"exp": Spend(cost_usd=5.0, calls=1)}))  # type: ignore[arg-type]
+    over = LLMWorker(FakeClient([]), store, SETTINGS, FakeTierGate(), gate({"exp": Spend(cost_usd=5.0, calls=1)}))  # type: ignore[arg-type]
     verdict = await over.run(priced(), attempt=2, heartbeat=no_heartbeat)
     assert isinstance(verdict, Completed) and verdict.record.text == "paid once"
 
