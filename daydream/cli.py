@@ -4,6 +4,7 @@ from importlib.metadata import version
 
 import typer
 
+from daydream.export_cmd import export
 from daydream.fake_llm import fake_llm
 from daydream.plan_cmd import plan
 from daydream.publish_cmd import publish
@@ -33,6 +34,7 @@ app.command("run")(run)
 app.command("publish")(publish)
 app.command("status")(status)
 app.command("results")(results)
+app.command("export")(export)
 app.command("rerun")(rerun)
 app.command("rebuild")(rebuild)
 app.command("check")(check)

@@ -22,7 +22,7 @@ from services.tracker.views import Views
 console = Console()
 
 
-def _open(data_dir: Path) -> tuple[Path, Engine]:
+def open_database(data_dir: Path) -> tuple[Path, Engine]:
     """The data directory's database, its tables ready; exits saying so when `rebuild` must run first."""
     engine = engine_for(data_dir)
     try:
@@ -33,7 +33,7 @@ def _open(data_dir: Path) -> tuple[Path, Engine]:
     return data_dir, engine
 
 
-def _experiment_or_exit(data_dir: Path, engine: Engine, experiment_id: str | None) -> str:
+def experiment_or_exit(data_dir: Path, engine: Engine, experiment_id: str | None) -> str:
     """The experiment asked for, or the latest one; exits with the known ids when there is none."""
     known = Views(data_dir, engine).experiment_ids()
     if experiment_id is None:
@@ -54,8 +54,8 @@ def results(
     data: Path = options.RECORDED_DATA,
 ) -> None:
     """Write parsed scores, summaries, the score pivot and evaluator agreement; show the best."""
-    data_dir, engine = _open(data)
-    chosen = None if all_ else _experiment_or_exit(data_dir, engine, experiment_id)
+    data_dir, engine = open_database(data)
+    chosen = None if all_ else experiment_or_exit(data_dir, engine, experiment_id)
     for path in write_results(engine, data_dir, chosen):
         console.print(f"wrote {path}")
     console.print(render_results_table(engine, chosen, limit=top))
@@ -92,8 +92,8 @@ def status(
 ) -> None:
     """Progress of an experiment: what was planned, what is done, what failed and why — and,
     unfinished, whether a live stack is working on it."""
-    data_dir, engine = _open(data)
-    chosen = _experiment_or_exit(data_dir, engine, experiment_id)
+    data_dir, engine = open_database(data)
+    chosen = experiment_or_exit(data_dir, engine, experiment_id)
     progress = Views(data_dir, engine).progress(chosen)
     stack_live = stack_running(data)
     _, problem = usable_stack(data)
@@ -129,7 +129,7 @@ def rebuild(data: Path = options.DATA) -> None:
 
 def check(data: Path = options.RECORDED_DATA) -> None:
     """Find orphans, duplicates and missing files; exit 1 when anything needs fixing."""
-    data_dir, engine = _open(data)
+    data_dir, engine = open_database(data)
     problems = find_problems(data_dir, engine)
     for problem in problems:
         console.print(str(problem), markup=False, soft_wrap=True)
