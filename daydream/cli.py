@@ -9,6 +9,7 @@ from daydream.fake_llm import fake_llm
 from daydream.plan_cmd import plan
 from daydream.publish_cmd import publish
 from daydream.rerun_cmd import rerun
+from daydream.rescore_cmd import rescore
 from daydream.results_cmd import check, rebuild, results, status
 from daydream.run_cmd import down, run, up
 from daydream.score_cmd import score
@@ -36,6 +37,7 @@ app.command("status")(status)
 app.command("results")(results)
 app.command("export")(export)
 app.command("rerun")(rerun)
+app.command("rescore")(rescore)
 app.command("rebuild")(rebuild)
 app.command("check")(check)
 app.command("score")(score)
