@@ -56,12 +56,13 @@ def export(
             console.print(str(error), style="red", markup=False, soft_wrap=True)
             raise typer.Exit(2) from error
     data_dir, engine = open_database(data)
-    chosen = None if all_ else [experiment_or_exit(data_dir, engine, i) for i in experiment_ids or [None]]
+    named: list[str | None] = list(experiment_ids or []) or [None]
+    chosen = None if all_ else [experiment_or_exit(data_dir, engine, experiment_id) for experiment_id in named]
     columns = export_columns(data_dir, engine, chosen, texts=texts)
-    if format_ is Format.parquet:
-        write_parquet(columns, out)
-    elif out is None:
+    if out is None:
         TEXT_WRITERS[format_](columns, sys.stdout)
+    elif format_ is Format.parquet:
+        write_parquet(columns, out)
     else:
         with out.open("w", encoding="utf-8", newline="") as stream:
             TEXT_WRITERS[format_](columns, stream)
