@@ -1,0 +1,3 @@
+from daydream.export import load
+
+__all__ = ["load"]

@@ -4,10 +4,12 @@ from importlib.metadata import version
 
 import typer
 
+from daydream.export_cmd import export
 from daydream.fake_llm import fake_llm
 from daydream.plan_cmd import plan
 from daydream.publish_cmd import publish
 from daydream.rerun_cmd import rerun
+from daydream.rescore_cmd import rescore
 from daydream.results_cmd import check, rebuild, results, status
 from daydream.run_cmd import down, run, up
 from daydream.score_cmd import score
@@ -33,7 +35,9 @@ app.command("run")(run)
 app.command("publish")(publish)
 app.command("status")(status)
 app.command("results")(results)
+app.command("export")(export)
 app.command("rerun")(rerun)
+app.command("rescore")(rescore)
 app.command("rebuild")(rebuild)
 app.command("check")(check)
 app.command("score")(score)

@@ -39,10 +39,11 @@ def positive_usd(value: float | None) -> float | None:
     return value
 
 
-def safe_ids(values: list[str]) -> list[str]:
-    for value in values:
+def safe_ids(values: list[str] | None) -> list[str]:
+    """Each id as `safe_id` accepts it; none given is an empty list."""
+    for value in values or []:
         safe_id(value)
-    return values
+    return values or []
 
 
 DATA = typer.Option(Path("data"), "--data", envvar="DAYDREAM_DATA", help="Data directory (inputs in DIR/1_raw).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -16,14 +17,22 @@ from services.tracker.db import OutdatedSchema, engine_for, init_db
 from services.tracker.progress import Progress
 from services.tracker.rebuild import RebuildError
 from services.tracker.rebuild import rebuild as rebuild_from_artifacts
-from services.tracker.summaries import latest_experiment_id, render_results_table, write_results
+from services.tracker.summaries import (
+    NINE_POINT_SCALE,
+    combo_concepts,
+    generation_models,
+    latest_experiment_id,
+    render_results_table,
+    top_generations,
+    write_results,
+)
 from services.tracker.views import Views
 from shared.llm import ErrorKind
 
 console = Console()
 
 
-def _open(data_dir: Path) -> tuple[Path, Engine]:
+def open_database(data_dir: Path) -> tuple[Path, Engine]:
     """The data directory's database, its tables ready; exits saying so when `rebuild` must run first."""
     engine = engine_for(data_dir)
     try:
@@ -34,7 +43,7 @@ def _open(data_dir: Path) -> tuple[Path, Engine]:
     return data_dir, engine
 
 
-def _experiment_or_exit(data_dir: Path, engine: Engine, experiment_id: str | None) -> str:
+def experiment_or_exit(data_dir: Path, engine: Engine, experiment_id: str | None) -> str:
     """The experiment asked for, or the latest one; exits with the known ids when there is none."""
     known = Views(data_dir, engine).experiment_ids()
     if experiment_id is None:
@@ -48,28 +57,64 @@ def _experiment_or_exit(data_dir: Path, engine: Engine, experiment_id: str | Non
     return experiment_id
 
 
+JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
+
+
 def results(
     experiment_id: str | None = options.EXPERIMENT_ARGUMENT,
-    all_: bool = typer.Option(False, "--all", help="Summarise every experiment together."),
+    all_: bool = typer.Option(False, "--all", help="Summarise every experiment, into files of their own."),
     top: int = typer.Option(10, "--top", help="How many generations to show."),
+    as_json: bool = JSON,
     data: Path = options.RECORDED_DATA,
 ) -> None:
     """Write parsed scores, summaries, the score pivot and evaluator agreement; show the best."""
-    data_dir, engine = _open(data)
-    chosen = None if all_ else _experiment_or_exit(data_dir, engine, experiment_id)
-    for path in write_results(engine, data_dir, chosen):
+    data_dir, engine = open_database(data)
+    chosen = None if all_ else experiment_or_exit(data_dir, engine, experiment_id)
+    files = write_results(engine, data_dir, chosen)
+    if as_json:
+        typer.echo(json.dumps({"experiment_id": chosen, "files": [str(path) for path in files],
+                               "top": top_generations_json(engine, chosen, top)}, indent=2))
+        return
+    for path in files:
         console.print(f"wrote {path}")
     console.print(render_results_table(engine, chosen, limit=top))
 
 
+def top_generations_json(engine: Engine, experiment_id: str | None, limit: int) -> list[dict]:
+    """What the results table shows, with raw numbers."""
+    best = top_generations(engine, experiment_id, limit)
+    concepts = combo_concepts(engine, (g.combo_id for g in best))
+    models = generation_models(engine, best)
+    return [
+        {
+            "rank": rank,
+            "experiment_id": g.experiment_id,
+            "generation_task_id": g.generation_task_id,
+            "concepts": concepts.get(g.combo_id, [g.combo_id]),
+            "generation_template_id": g.generation_template_id,
+            "generation_model": models.get((g.experiment_id, g.generation_task_id), g.generation_model_id),
+            "evaluation_template_id": g.evaluation_template_id,
+            "mean": g.mean,
+            "max_score": g.max_score or NINE_POINT_SCALE,
+            "scores": list(g.scores),
+        }
+        for rank, g in enumerate(best, start=1)
+    ]
+
+
+def progress_state(progress: Progress, stack_live: bool) -> str:
+    """Unfinished with no live stack is interrupted, not running."""
+    if progress.finished:
+        return "stopped: budget" if ErrorKind.BUDGET in progress.failures_by_reason else "finished"
+    return "running" if stack_live else "interrupted"
+
+
 def render_progress(progress: Progress, stack_live: bool = True) -> Table:
     """Planned, done, failed and skipped per stage and tier, with spend so far (and what reused
-    responses saved, which is not spend). Unfinished with no live stack is interrupted, not running."""
-    if progress.finished:
-        state = "[red]stopped: budget[/red]" if ErrorKind.BUDGET in progress.failures_by_reason else "[green]finished[/green]"
-    else:
-        state = "[yellow]running[/yellow]" if stack_live else "[red]interrupted[/red]"
-    table = Table(title=f"{progress.experiment_id}: {state}")
+    responses saved, which is not spend)."""
+    state = progress_state(progress, stack_live)
+    colour = {"finished": "green", "running": "yellow", "interrupted": "red", "stopped: budget": "red"}[state]
+    table = Table(title=f"{progress.experiment_id}: [{colour}]{state}[/{colour}]")
     for header in ("stage", "tier", "planned", "done", "failed", "skipped"):
         table.add_column(header, justify="left" if header in ("stage", "tier") else "right")
     for stage in progress.stages.values():
@@ -89,15 +134,20 @@ def render_progress(progress: Progress, stack_live: bool = True) -> Table:
 
 def status(
     experiment_id: str | None = options.EXPERIMENT_ARGUMENT,
+    as_json: bool = JSON,
     data: Path = options.RECORDED_DATA,
 ) -> None:
     """Progress of an experiment: what was planned, what is done, what failed and why — and,
     unfinished, whether a live stack is working on it."""
-    data_dir, engine = _open(data)
-    chosen = _experiment_or_exit(data_dir, engine, experiment_id)
+    data_dir, engine = open_database(data)
+    chosen = experiment_or_exit(data_dir, engine, experiment_id)
     progress = Views(data_dir, engine).progress(chosen)
     stack_live = stack_running(data)
     _, problem = usable_stack(data)
+    if as_json:
+        state = {"state": progress_state(progress, stack_live), "stack_problem": problem}
+        typer.echo(json.dumps({**progress.model_dump(mode="json"), **state}, indent=2))
+        return
     console.print(render_progress(progress, stack_live))
     if not progress.finished and problem and not stack_live:
         console.print(f"[red]{problem}[/]")
@@ -130,7 +180,7 @@ def rebuild(data: Path = options.DATA) -> None:
 
 def check(data: Path = options.RECORDED_DATA) -> None:
     """Find orphans, duplicates and missing files; exit 1 when anything needs fixing."""
-    data_dir, engine = _open(data)
+    data_dir, engine = open_database(data)
     problems = find_problems(data_dir, engine)
     for problem in problems:
         console.print(str(problem), markup=False, soft_wrap=True)

@@ -47,7 +47,9 @@ PARSED_SCORES_COLUMNS = (
 )  # fmt: skip
 STATISTICS_COLUMNS = ("count", "mean", "std", "min", "max", "high_count", "low_count")
 SCALE_COLUMNS = ("evaluation_template_id", "max_score")
-FINAL_RESULTS_COLUMNS = (*SCALE_COLUMNS, "group_by", "group", *STATISTICS_COLUMNS)
+FINAL_RESULTS_COLUMNS = ("experiment_id", *SCALE_COLUMNS, "group_by", "group", *STATISTICS_COLUMNS)
+ALL_EXPERIMENTS_DIR = "all_experiments"
+"""Under 5_parsing/ and 6_summary/: where `results --all` writes, beside one experiment's tables."""
 GENERATION_COLUMNS = (
     "experiment_id",
     "generation_task_id",
@@ -152,14 +154,17 @@ def describe(scores: list[float], max_score: int | None) -> dict[str, float | in
 
 
 def final_results(rows: Iterable[EvaluationResult]) -> list[dict]:
-    """One long table: per scale (evaluation template and max_score), a block of rows per grouping,
-    each row a group's statistics."""
-    by_scale: dict[tuple[str, int | None], list[EvaluationResult]] = defaultdict(list)
+    """One long table: per experiment and scale (evaluation template and max_score), a block of rows
+    per grouping, each row a group's statistics. Experiments are never pooled: they may differ in
+    concepts, k and judges."""
+    by_scale: dict[tuple[str, str, int | None], list[EvaluationResult]] = defaultdict(list)
     for row in rows:
         if row.score is not None:
-            by_scale[_scale(row)].append(row)
+            by_scale[(row.experiment_id, *_scale(row))].append(row)
     table = []
-    for (template, max_score), scored in sorted(by_scale.items(), key=lambda item: _scale_key(item[0])):
+    for (experiment_id, template, max_score), scored in sorted(
+        by_scale.items(), key=lambda item: (item[0][0], *_scale_key(item[0][1:]))
+    ):
         for group_by, fields in GROUPINGS.items():
             groups: dict[str, list[float]] = defaultdict(list)
             for row in scored:
@@ -167,6 +172,7 @@ def final_results(rows: Iterable[EvaluationResult]) -> list[dict]:
             for group, scores in sorted(groups.items()):
                 table.append(
                     {
+                        "experiment_id": experiment_id,
                         "evaluation_template_id": template,
                         "max_score": max_score,
                         "group_by": group_by,
@@ -247,10 +253,12 @@ def evaluator_agreement(rows: Iterable[EvaluationResult]) -> list[dict]:
 
 
 def write_results(engine: Engine, data_dir: Path, experiment_id: str | None) -> list[Path]:
-    """Write the result tables of one experiment (or all, when None); returns the files written."""
+    """Write the result tables of one experiment, or of all (when None) into `ALL_EXPERIMENTS_DIR`;
+    returns the files written."""
     rows = evaluation_rows(engine, experiment_id)
-    parsed = data_dir / "5_parsing" / "parsed_scores.csv"
-    summary_dir = data_dir / "6_summary"
+    subdirectory = ALL_EXPERIMENTS_DIR if experiment_id is None else ""
+    parsed = data_dir / "5_parsing" / subdirectory / "parsed_scores.csv"
+    summary_dir = data_dir / "6_summary" / subdirectory
     write_csv(parsed, PARSED_SCORES_COLUMNS, [row._asdict() for row in rows])
     write_csv(summary_dir / "final_results.csv", FINAL_RESULTS_COLUMNS, final_results(rows))
     pivot_columns, pivot_rows = score_pivot(rows)

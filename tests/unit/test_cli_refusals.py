@@ -30,6 +30,8 @@ def data(tmp_path: Path) -> Path:
     ["rerun", "ok-id", "--task", "../x"],
     ["status", "../../evil-snap"],
     ["results", "a/b"],
+    ["export", "ok-id", "../evil"],
+    ["rescore", "../evil"],
     ["run", "--experiment-id", "../evil"],
     ["publish", "--experiment-id", "x.y"],
 ])
@@ -41,7 +43,7 @@ def test_an_unsafe_id_is_refused_before_anything_is_read(data: Path, command: li
 
 
 @pytest.mark.parametrize("command", [["check"], ["status"], ["results"], ["rerun", "exp", "--failed"], ["run"],
-                                     ["publish"], ["up"]])
+                                     ["publish"], ["up"], ["export"], ["rescore"]])
 def test_a_directory_that_is_no_data_dir_is_refused_naming_the_path(tmp_path: Path, command: list[str]) -> None:
     inside = tmp_path / "data"
     inside.mkdir()
