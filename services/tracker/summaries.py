@@ -41,11 +41,6 @@ LOW_SCORE = 3
 HIGH_AGREEMENT_RANGE = 1
 MODERATE_AGREEMENT_RANGE = 3
 
-PARSED_SCORES_COLUMNS = (
-    "experiment_id", "task_id", "generation_task_id", "combo_id", "generation_template_id",
-    "generation_model_id", "generation_model", "evaluation_template_id", "evaluation_model_id", "evaluation_model",
-    "replicate", "status", "score", "max_score", "parse_error", "parser", "score_path",
-)  # fmt: skip
 STATISTICS_COLUMNS = ("count", "mean", "std", "min", "max", "high_count", "low_count")
 SCALE_COLUMNS = ("evaluation_template_id", "max_score")
 FINAL_RESULTS_COLUMNS = (*SCALE_COLUMNS, "group_by", "group", *STATISTICS_COLUMNS)
@@ -72,20 +67,31 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
 
 
 class ScoredRow(Protocol):
-    """A row of `PARSED_SCORES_COLUMNS` (SQLAlchemy's `Row`, whose columns are attributes only at
-    run time): what the summaries read."""
+    """A row of parsed_scores.csv, the evaluation columns every summary reads, in its column order
+    (SQLAlchemy's `Row`, whose columns are attributes only at run time)."""
 
     experiment_id: str
+    task_id: str
     generation_task_id: str
     combo_id: str
     generation_template_id: str
     generation_model_id: str
+    generation_model: str | None
     evaluation_template_id: str
     evaluation_model_id: str
-    max_score: int | None
+    evaluation_model: str
+    replicate: int
+    status: str
     score: float | None
+    max_score: int | None
+    parse_error: str | None
+    parser: str | None
+    score_path: str | None
 
     def _asdict(self) -> dict[str, Any]: ...
+
+
+PARSED_SCORES_COLUMNS = tuple(ScoredRow.__annotations__)
 
 
 @dataclass(frozen=True)
