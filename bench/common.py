@@ -188,8 +188,9 @@ def fake_stats(stack: EmbeddedStack) -> dict[str, Any]:
 
 def stack_pids(stack: EmbeddedStack) -> dict[str, int]:
     pids = {name: process.pid for name, process in stack.processes.items()}
-    pids["nats-server"] = stack.nats.process.pid
-    pids["fake-llm"] = stack.fake_llm.pid
+    for name, process in (("nats-server", stack.nats.process), ("fake-llm", stack.fake_llm)):
+        if process is not None:
+            pids[name] = process.pid
     return pids
 
 
@@ -230,7 +231,7 @@ async def _read_subject(nats_url: str, subject: str) -> list[dict[str, Any]]:
         sub = await js.pull_subscribe(subject, stream=EVENTS_STREAM,
                                       config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
                                                             inactive_threshold=30))
-        pending = (await sub.consumer_info()).num_pending
+        pending = (await sub.consumer_info()).num_pending or 0
         events: list[dict[str, Any]] = []
         while len(events) < pending:
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from common import (
     RESULTS,
@@ -76,7 +77,7 @@ def main() -> None:
     created = {event["task"]["task_id"]: moment(event["task"]["emitted_at"]) for event in generated}
     wall = recorded_at - published_at
     last_score = max((moment(e["emitted_at"]) for e in scored), default=published_at)
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "overhead",
         "machine": host,
         "generations": generations,

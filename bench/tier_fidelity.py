@@ -22,35 +22,32 @@ import time
 import nats
 from common import fake_stats, machine, moment, read_events, report, running_stack
 
-from shared.events import GENERATION_DONE, CallParameters, ModelSpec, TaskCreated, TierSpec, message_id, task_subject
+from shared.events import GENERATION_DONE, CallParameters, GenerationTask, ModelSpec, TierSpec
+from shared.service import publish_from_client
 from shared.topology import EVENTS_STREAM
 
 FREE = TierSpec(tier="free", max_concurrent=1)
 PAID = TierSpec(tier="paid", max_concurrent=5)
 
 
-def generation_task(tier: TierSpec, index: int) -> TaskCreated:
+def generation_task(tier: TierSpec, index: int) -> GenerationTask:
     """A generation with no evaluation plan: only the generator (and the fake) work. Distinct
     prompts, so no stored response is reused."""
     model = ModelSpec(id=f"{tier.tier}_model", model=f"fake/{tier.tier}-model", provider="fake", tier=tier.tier)
     task_id = f"{tier.tier}-{index:05d}"
-    return TaskCreated(
-        stage="generation", experiment_id="tier-fidelity", task_id=task_id, tier=tier, model=model,
+    return GenerationTask(
+        experiment_id="tier-fidelity", task_id=task_id, tier=tier, model=model,
         parameters=CallParameters(), prompt=f"Write about idea number {index} of tier {tier.tier}.\n- Data Flywheel",
         combo_id=f"combo{index}", generation_template_id="essay", generation_model_id=model.id,
         generation_task_id=task_id,
     )
 
 
-async def publish_tasks(nats_url: str, tasks: list[TaskCreated]) -> None:
+async def publish_tasks(nats_url: str, tasks: list[GenerationTask]) -> None:
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        await asyncio.gather(*(
-            js.publish(task_subject(task.stage, task.tier.tier), task.model_dump_json().encode(),
-                       headers={"Nats-Msg-Id": message_id("gen", task.experiment_id, task.task_id)})
-            for task in tasks
-        ))
+        await asyncio.gather(*(publish_from_client(js, task) for task in tasks))
     finally:
         await nc.close()
 

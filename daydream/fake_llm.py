@@ -425,12 +425,12 @@ class FakeLLM:
         self, request: Request, body: dict[str, Any], fault: Fault | None, request_hash: str, call_number: int
     ) -> tuple[Response, bool]:
         kind = fault.kind if fault else None
-        if kind in _ERROR_STATUS:
-            status = _ERROR_STATUS[kind]
+        if fault is not None and fault.kind in _ERROR_STATUS:
+            status = _ERROR_STATUS[fault.kind]
             retry_after = fault.seconds if fault.seconds is not None else (1.0 if status == 429 else None)
             headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
             return _error(status, _ERROR_MESSAGES[status], headers), False
-        if kind == "slow":
+        if fault is not None and fault.kind == "slow":
             seconds = fault.seconds or _header_seconds(request, "x-fake-slow") or DEFAULT_SLOW_S
             if await _pause(request, seconds):
                 return Response(status_code=CLIENT_GONE), False

@@ -34,8 +34,9 @@ def rerunnable_tasks(
     """Every task of the experiment `rerun` can publish again, by id: the planned generations, the
     evaluations of each recorded generation (rendered with its text), and failed tasks as they
     were when they failed. Without the experiment's snapshot only the failed ones are known."""
-    tasks = {task.task_id: task for task in generation_tasks(spec)} if spec else {}
-    for generation in list(tasks.values()):
+    generations = generation_tasks(spec) if spec else []
+    tasks: dict[str, TaskCreated] = {task.task_id: task for task in generations}
+    for generation in generations:
         outcome = recorded.generations.get(generation.task_id)
         if outcome is None:
             continue
@@ -117,13 +118,13 @@ def rerun(
                       + ", ".join(t.task_id for t in chosen[:10]) + (" …" if len(chosen) > 10 else ""))
 
     if "nats_url" in settings.model_fields_set:  # a deployment the user named: publish there only
-        bound_endpoint(data, spec and spec.endpoint, endpoint_identity(settings.llm_base_url, settings.llm_simulated),
+        bound_endpoint(data, spec.endpoint if spec else None, endpoint_identity(settings.llm_base_url, settings.llm_simulated),
                        experiment_id)
         asyncio.run(publish(settings))
         console.print(f"follow it with: daydream status {experiment_id} --data {data}")
         return
     running, lock = stack_or_lock(data)
-    bound_endpoint(data, spec and spec.endpoint, running.endpoint if running else configured_endpoint(settings),
+    bound_endpoint(data, spec.endpoint if spec else None, running.endpoint if running else configured_endpoint(settings),
                    experiment_id)
     on_a_stack(data, settings, experiment_id, spec.tiers if spec else None, publish,
                resume_command=f"daydream rerun {experiment_id} --failed --data {data}", wait_for_idle=True,

@@ -7,8 +7,9 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -80,7 +81,7 @@ def start_stack(stack: EmbeddedStack, settings: Settings, tiers: list[TierSpec] 
         stack.state(owner).save(stack.data)
 
 
-def new_stack(data: Path, settings: Settings, lock: StackLock, nats_port: int = 0) -> EmbeddedStack:
+def new_stack(data: Path, settings: Settings, lock: StackLock | None, nats_port: int = 0) -> EmbeddedStack:
     return EmbeddedStack(data, llm_base_url=None if wants_fake_llm(settings) else settings.llm_base_url,
                          fake_llm_latency=settings.fake_llm_latency_s, lock=lock, nats_port=nats_port)
 
@@ -199,7 +200,7 @@ def on_a_stack(
     settings: Settings,
     experiment_id: str,
     tiers: list[TierSpec] | None,
-    publish: Callable[[Settings], Awaitable[None]],
+    publish: Callable[[Settings], Coroutine[Any, Any, None]],
     resume_command: str,
     wait_for_idle: bool = False,
     running: StackState | None = None,
@@ -208,7 +209,7 @@ def on_a_stack(
     """Publish on the `up` stack of this data dir (`running`), or on one started here under
     `lock` and stopped after; follow the experiment live, print its results and exit with their
     verdict. Ctrl-C (once or twice), SIGTERM and SIGHUP all stop what was started, in order."""
-    stack = None if running else new_stack(data, settings, lock)
+    stack: EmbeddedStack | None = None
     stopped: tuple[int, str] | None = None
     with first_signal_interrupts() as interrupts:
         try:
@@ -216,6 +217,7 @@ def on_a_stack(
                 console.print(f"using the stack started by `daydream up` at {running.nats_url}")
                 nats_url = running.nats_url
             else:
+                stack = new_stack(data, settings, lock)
                 start_stack(stack, settings, tiers, owner="run")
                 nats_url = stack.nats_url
             engine = make_engine(settings.sqlalchemy_url())
@@ -326,7 +328,7 @@ def up(data: Path = options.DATA_DIR) -> None:
             stop_private(stack, data, lock)
             raise
     lock.release()
-    state = StackState.load(data)
+    state = stack.state("up")
     console.print(f"stack up: NATS_URL={stack.nats_url}")
     for name, target in state.metrics_targets().items():
         console.print(f"  {name:<10} http://{target}/metrics")

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 import httpx
 import nats
@@ -46,9 +47,9 @@ def identity(pid: int) -> dict:
     return {"pid": pid, "started": start_time(pid)}
 
 
-def _is_running(process: dict | None) -> bool:
+def _is_running(process: dict | None) -> TypeGuard[dict]:
     """The very process recorded (same PID, same start time) still runs and is not a zombie."""
-    return bool(process) and process.get("started") is not None and start_time(process["pid"]) == process["started"]
+    return process is not None and process.get("started") is not None and start_time(process["pid"]) == process["started"]
 
 
 @dataclass
@@ -289,6 +290,8 @@ class EmbeddedStack:
 
     def fake_llm_stats(self) -> dict:
         """The fake LLM's counters: calls and peak in flight per model, and recent requests."""
+        if self.llm_base_url is None:
+            raise RuntimeError("this stack has no LLM endpoint: start one with start_fake_llm()")
         return httpx.get(self.llm_base_url.removesuffix("/v1") + "/stats", timeout=30).json()
 
     def wait_healthy(self, name: str) -> None:
@@ -343,10 +346,10 @@ def stop_detached(state: StackState) -> None:
     services = [p for name, p in state.processes.items() if name not in ("fake-llm", "nats-server")]
     owner = [state.owner] if state.owned_by_run() else []
     for group in (owner, services, [state.processes.get("fake-llm")], [state.processes.get("nats-server")]):
-        group = [process for process in group if _is_running(process)]
-        for process in group:
+        running = [process for process in group if _is_running(process)]
+        for process in running:
             os.kill(process["pid"], signal.SIGTERM)
-        _wait_gone(group)
+        _wait_gone(running)
 
 
 def _wait_gone(processes: list[dict], timeout_s: float = 25.0) -> None:

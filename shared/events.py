@@ -54,7 +54,8 @@ class Event(Contract):
         return message_id(self.message_kind, *self.identity())
 
     def identity(self) -> tuple[str, ...]:
-        return (self.experiment_id, self.task_id)
+        """What makes two messages of this type the same message."""
+        raise NotImplementedError(f"{type(self).__name__} declares no identity")
 
 
 # ---- the selection an experiment runs on ---------------------------------------------------
@@ -224,6 +225,9 @@ class TaskBase(Event):
     def subject_name(self) -> str:
         return task_subject(self.stage, self.tier.tier)
 
+    def identity(self) -> tuple[str, ...]:
+        return (self.experiment_id, self.task_id)
+
 
 class GenerationTask(TaskBase):
     message_kind: ClassVar[str] = "gen"
@@ -271,6 +275,8 @@ class CallRecord(Contract):
 
 
 class _TaskOutcome(Event):
+    task: TaskBase
+
     def identity(self) -> tuple[str, ...]:
         task = self.task
         return (task.experiment_id, task.task_id)
@@ -314,6 +320,9 @@ class TaskFailed(Event):
     tier: SafeId | None = None
     model_id: SafeId | None = None
     task: TaskCreated | None = None
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.experiment_id, self.task_id)
 
 
 SKIPPED_TRUNCATED_GENERATION = "skipped_truncated_generation"

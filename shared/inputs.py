@@ -445,10 +445,10 @@ class _Loader:
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
-            line = re.search(r"line (\d+)", str(error))
+            position = re.search(r"line (\d+)", str(error))
             self.problem(
                 EXPERIMENT_TOML,
-                int(line.group(1)) if line else None,
+                int(position.group(1)) if position else None,
                 f"is not valid TOML: {error}",
                 "fix the TOML syntax",
             )
@@ -641,7 +641,7 @@ class _Loader:
             self.problem(name, 1, f"repeated column(s): {', '.join(duplicated)}", "keep each column once")
         if missing or duplicated:
             return None
-        rows = []
+        rows: list[_Row] = []
         while True:
             line = reader.line_num + 1  # where the record starts: a quoted value may span lines
             try:

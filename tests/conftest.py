@@ -50,8 +50,9 @@ async def nats_url(jetstream_url: str) -> str:
     nc = await nats.connect(jetstream_url)
     js = nc.jetstream()
     for info in await js.streams_info():
-        if info.config.name.startswith(("DD_", "KV_dd_")):
-            await js.delete_stream(info.config.name)
+        name = info.config.name
+        if name is not None and name.startswith(("DD_", "KV_dd_")):
+            await js.delete_stream(name)
     await nc.close()
     return jetstream_url
 

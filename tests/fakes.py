@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from services.llm_worker.tier_control import TierStopped
+from services.tracker.app import RECORDERS_BY_EVENT
 from services.tracker.artifacts import read_csv_rows
 from services.tracker.recorder import Tracker
 from services.tracker.tables import (
@@ -31,6 +32,7 @@ from shared.events import (
     EvaluationScored,
     EvaluationTask,
     EvaluationTemplateSpec,
+    Event,
     ExperimentPlanned,
     ExperimentRequested,
     ExperimentSpec,
@@ -131,11 +133,11 @@ class FakeExperiment:
         moment = self.start + timedelta(seconds=10)
         for combo in combos:
             for model in GENERATION_MODELS:
-                task = self.generation_task(combo.combo_id, model)
+                writing = self.generation_task(combo.combo_id, model)
                 self.generations.append(
                     GenerationDone(
-                        task=task,
-                        call=call(task.task_id, f"idea from {task.task_id}{self.text_suffix}", moment),
+                        task=writing,
+                        call=call(writing.task_id, f"idea from {writing.task_id}{self.text_suffix}", moment),
                         emitted_at=moment,
                     )
                 )
@@ -212,16 +214,9 @@ class FakeExperiment:
         )
 
 
-def deliver(tracker: Tracker, event) -> None:
-    handlers = {
-        ExperimentRequested: tracker.record_requested,
-        ExperimentPlanned: tracker.record_planned,
-        GenerationDone: tracker.record_generation,
-        EvaluationDone: tracker.record_evaluation,
-        EvaluationScored: tracker.record_score,
-        TaskFailed: tracker.record_failure,
-    }
-    handlers[type(event)](event)
+def deliver(tracker: Tracker, event: Event) -> None:
+    """What the tracker's app does with a decoded event, without a broker."""
+    RECORDERS_BY_EVENT[type(event)](tracker, event)
 
 
 def dump_tables(engine: Engine, experiment_ids: set[str] | None = None) -> dict[str, list[dict]]:

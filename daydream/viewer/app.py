@@ -185,7 +185,7 @@ def create_app(data_dir: Path) -> Starlette:
         if a in known and b in known:
             lines = []
             for rubric, template, model, diff in data.compare(data.scores(engine, a), data.scores(engine, b)):
-                moved = diff.low is not None and (diff.low > 0 or diff.high < 0)
+                moved = diff.low is not None and diff.high is not None and (diff.low > 0 or diff.high < 0)
                 lines.append(f"<tr class='{'moved' if moved else 'same'}'><td>{escape(rubric)}</td>"
                              f"<td>{escape(template)}</td><td>{escape(model)}</td><td>{_fmt(diff.value)}</td>"
                              f"<td>{_interval(diff)}</td><td>{'moved' if moved else ''}</td></tr>")

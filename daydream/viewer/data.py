@@ -6,11 +6,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Executable, Row
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
 
 from daydream.viewer.stats import Estimate, difference_ci, krippendorff_alpha, mean_ci, spearman_ci
-from services.tracker.tables import ComboMapping, EvaluationResult, GenerationResult
+from services.tracker.tables import ComboMapping, EvaluationResult, GenerationResult, sa_table
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,17 @@ class Score:
 
 def scores(engine: Engine, experiment_id: str) -> list[Score]:
     """Every answered evaluation of the experiment: its score or its parse error."""
-    e = EvaluationResult
-    with Session(engine) as session:
-        rows = session.exec(
-            select(e.generation_task_id, e.generation_template_id, e.generation_model, e.evaluation_template_id,
-                   e.evaluation_model_id, e.evaluation_model, e.score, e.parse_error)
-            .where(e.experiment_id == experiment_id, e.has_score == True)  # noqa: E712
-        ).all()
+    e = sa_table(EvaluationResult).c
+    rows = _rows(engine, sa_select(e.generation_task_id, e.generation_template_id, e.generation_model,
+                                   e.evaluation_template_id, e.evaluation_model_id, e.evaluation_model, e.score,
+                                   e.parse_error).where(e.experiment_id == experiment_id, e.has_score == True))  # noqa: E712
     return [Score(*row) for row in rows]
+
+
+def _rows(engine: Engine, query: Executable) -> list[Row]:
+    """Plain rows of more columns than SQLModel's `select` is typed for."""
+    with engine.connect() as connection:
+        return list(connection.execute(query).all())
 
 
 def _grouped(rows: list[Score]) -> dict[tuple[str, str, str], list[float]]:
@@ -101,12 +105,9 @@ class Generation:
 
 
 def generations(engine: Engine, experiment_id: str) -> list[Generation]:
-    g = GenerationResult
-    with Session(engine) as session:
-        rows = session.exec(
-            select(g.task_id, g.combo_id, g.generation_template_id, g.generation_model, g.prompt_path,
-                   g.response_path).where(g.experiment_id == experiment_id).order_by(g.task_id)
-        ).all()
+    g = sa_table(GenerationResult).c
+    rows = _rows(engine, sa_select(g.task_id, g.combo_id, g.generation_template_id, g.generation_model, g.prompt_path,
+                                   g.response_path).where(g.experiment_id == experiment_id).order_by(g.task_id))
     return [Generation(*row) for row in rows]
 
 
@@ -121,13 +122,11 @@ def concepts_by_combo(engine: Engine) -> dict[str, list[str]]:
 
 def judge_answers(engine: Engine, experiment_id: str, generation_task_id: str) -> list[tuple]:
     """(rubric, judge model, score, parse error, response path, score path) of one generation."""
-    e = EvaluationResult
-    with Session(engine) as session:
-        return list(session.exec(
-            select(e.evaluation_template_id, e.evaluation_model, e.score, e.parse_error, e.response_path,
-                   e.score_path).where(e.experiment_id == experiment_id, e.generation_task_id == generation_task_id)
-            .order_by(e.task_id)
-        ).all())
+    e = sa_table(EvaluationResult).c
+    return [tuple(row) for row in _rows(
+        engine, sa_select(e.evaluation_template_id, e.evaluation_model, e.score, e.parse_error, e.response_path,
+                          e.score_path).where(e.experiment_id == experiment_id, e.generation_task_id == generation_task_id)
+        .order_by(e.task_id))]
 
 
 def compare(before: list[Score], after: list[Score]) -> list[tuple[str, str, str, Estimate]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Sequence
 from statistics import mean, stdev
 from typing import NamedTuple
@@ -116,7 +116,7 @@ def krippendorff_alpha(units: Sequence[Sequence[float | None]], level: str = "or
     pairable = [unit for unit in pairable if len(unit) >= 2]
     if not pairable:
         return None
-    coincidence: Counter[tuple[float, float]] = Counter()
+    coincidence: defaultdict[tuple[float, float], float] = defaultdict(float)
     for unit in pairable:
         m = len(unit)
         for i, a in enumerate(unit):

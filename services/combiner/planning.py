@@ -7,7 +7,7 @@ so it is append-only and refuses an id that would now mean different concepts.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -149,7 +149,7 @@ def write_task_tables(
         }
         for evaluation in evaluations
     ]
-    tables = {
+    tables: dict[str, tuple[Sequence[str], Sequence[Mapping[str, object]]]] = {
         "content_combinations.csv": (CONTENT_COMBINATIONS_COLUMNS, combination_rows),
         "generation_tasks.csv": (GENERATION_TASKS_COLUMNS, generation_rows),
         "evaluation_tasks.csv": (EVALUATION_TASKS_COLUMNS, evaluation_rows),

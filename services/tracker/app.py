@@ -1,8 +1,10 @@
 """tracker: the single writer — every event becomes rows, artifact files and CSV lines."""
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 from faststream.nats import NatsMessage
 from nats.js.errors import NotFoundError
@@ -15,6 +17,7 @@ from shared import metrics
 from shared.events import (
     EvaluationDone,
     EvaluationScored,
+    Event,
     ExperimentPlanned,
     ExperimentRequested,
     GenerationDone,
@@ -45,7 +48,7 @@ def tracker() -> Tracker:
 lease: list[Lease] = []
 spend_bucket: list = []
 
-RECORDERS_BY_EVENT = {
+RECORDERS_BY_EVENT: dict[type[Event], Callable[[Tracker, Any], None]] = {
     ExperimentRequested: Tracker.record_requested,
     ExperimentPlanned: Tracker.record_planned,
     GenerationDone: Tracker.record_generation,

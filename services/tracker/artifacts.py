@@ -138,7 +138,7 @@ def write_result_files(layout: Layout, stage: str, task: TaskCreated, call: Call
     names = partial(task_artifact_names, task.task_id, task.experiment_id)
     prompt = write_once(layout.prompts_dir(stage), names(".txt"), task.prompt)
     response = write_once(layout.responses_dir(stage), names(".txt"), call.text)
-    record = {
+    record: dict[str, Any] = {
         "experiment_id": task.experiment_id,
         "task_id": task.task_id,
         "stage": stage,

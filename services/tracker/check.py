@@ -148,11 +148,11 @@ def _csv_problems(layout: Layout, rows_by_stage) -> list[Problem]:
             if not row.csv_appended:
                 continue
             where = f"{stage} {row.task_id} of experiment {row.experiment_id}"
-            line = current.get((row.experiment_id, row.task_id))
-            if line is None:
+            current_line = current.get((row.experiment_id, row.task_id))
+            if current_line is None:
                 problems.append(Problem("missing_csv_line", str(path), where, REBUILD))
                 continue
-            differences = _differences(line, csv_line(row, CSV_COLUMNS[stage]))
+            differences = _differences(current_line, csv_line(row, CSV_COLUMNS[stage]))
             if differences:
                 problems.append(Problem("stale_csv_line", str(path), f"{where}: {differences}", REBUILD))
     return problems

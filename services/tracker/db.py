@@ -6,10 +6,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Column, Connection, Engine, create_engine, event, insert, inspect, literal, select, text
+from sqlalchemy import Column, ColumnDefault, Connection, Engine, create_engine, event, insert, inspect, literal, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.schema import CreateIndex
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from services.tracker import tables
 from shared.settings import Settings
@@ -101,11 +101,11 @@ def init_db(engine: Engine) -> None:
     the CLI and the tracker may both start on the same database at once. Then migrates: columns
     added since the database was made are added (with their default), and the data steps it has
     not had run, each in its own transaction with its record."""
-    SQLModel.metadata.create_all(engine, tables=[table.__table__ for table in (*tables.ALL_TABLES, SchemaMigration)])
+    SQLModel.metadata.create_all(engine, tables=[tables.sa_table(table) for table in (*tables.ALL_TABLES, SchemaMigration)])
     _add_missing_columns(engine)
     with engine.begin() as connection:
         for table in tables.ALL_TABLES:
-            for index in table.__table__.indexes:
+            for index in tables.sa_table(table).indexes:
                 connection.execute(CreateIndex(index, if_not_exists=True))
     _apply_migrations(engine)
 
@@ -114,7 +114,7 @@ def _add_missing_columns(engine: Engine) -> None:
     missing = _missing_columns(engine)
     for table_name, column in missing:
         default = ""
-        if column.default is not None and column.default.is_scalar:
+        if isinstance(column.default, ColumnDefault) and column.default.is_scalar:
             literal_value = literal(column.default.arg).compile(engine, compile_kwargs={"literal_binds": True})
             default = f" DEFAULT {literal_value}"
         column_type = column.type.compile(engine.dialect)
@@ -136,7 +136,7 @@ def _apply_migrations(engine: Engine) -> None:
     for version, name, step in MIGRATIONS:
         try:
             with engine.begin() as connection:
-                applied = select(SchemaMigration.version).where(SchemaMigration.version == version)
+                applied = select(col(SchemaMigration.version)).where(col(SchemaMigration.version) == version)
                 if connection.execute(applied).first():
                     continue
                 step(connection)
@@ -152,10 +152,10 @@ def _missing_columns(engine: Engine) -> list[tuple[str, Column]]:
     missing = []
     for table in tables.ALL_TABLES:
         present = {column["name"] for column in inspector.get_columns(table.__tablename__)}
-        missing += [(table.__tablename__, column) for column in table.__table__.columns if column.name not in present]
+        missing += [(table.__tablename__, column) for column in tables.sa_table(table).columns if column.name not in present]
     return missing
 
 
 def drop_db(engine: Engine) -> None:
     """Drops the tables and their migration record: `init_db` then makes today's schema afresh."""
-    SQLModel.metadata.drop_all(engine, tables=[table.__table__ for table in (*tables.ALL_TABLES, SchemaMigration)])
+    SQLModel.metadata.drop_all(engine, tables=[tables.sa_table(table) for table in (*tables.ALL_TABLES, SchemaMigration)])

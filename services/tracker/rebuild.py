@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
@@ -32,7 +32,13 @@ from services.tracker.stages import StageRegistry
 from services.tracker.tables import ComboMapping
 from shared.events import CallRecord, EvaluationScored, ExperimentPlanned, ExperimentRequested, TaskFailed
 
-RESULT_STORES = StageRegistry("store function", generation=Rows.store_generation, evaluation=Rows.store_evaluation)
+RESULT_STORES: StageRegistry[Callable[[Rows, Any, CallRecord, ResultFiles], None]] = StageRegistry(
+    "store function", generation=Rows.store_generation, evaluation=Rows.store_evaluation
+)
+"""Each stage's store takes that stage's task, which the stage named in the artifact decides."""
+
+
+_Parsed = TypeVar("_Parsed")
 
 
 class RebuildError(Exception):
@@ -59,7 +65,7 @@ class _Replay:
     apply: Callable[[Rows], None]
 
 
-def _load(path: Path, parse: Callable[[Any], Any]) -> Any:
+def _load(path: Path, parse: Callable[[Any], _Parsed]) -> _Parsed:
     try:
         return parse(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, ValidationError) as error:
@@ -110,16 +116,14 @@ def _collect(layout: Layout, report: RebuildReport) -> list[_Replay]:
     for events_dir in events_dirs:
         for path in sorted(events_dir.glob("requested*.json")):
             requested = _load(path, ExperimentRequested.model_validate)
-            add(
-                _Replay((as_utc(requested.emitted_at), 0, path.name), lambda t, e=requested: t.store_requested(e)), path
-            )
+            add(_Replay((as_utc(requested.emitted_at), 0, path.name), partial(Rows.store_requested, event=requested)), path)
         for path in sorted(events_dir.glob("planned*.json")):
             planned = _load(path, ExperimentPlanned.model_validate)
-            add(_Replay((as_utc(planned.emitted_at), 1, path.name), lambda t, e=planned: t.store_planned(e)), path)
+            add(_Replay((as_utc(planned.emitted_at), 1, path.name), partial(Rows.store_planned, event=planned)), path)
         for path in sorted(events_dir.glob("failures/*.json")):
             failed = _load(path, TaskFailed.model_validate)
             store = partial(Rows.store_failure, event=failed, failure_path=layout.relative(path))
-            add(_Replay((as_utc(failed.emitted_at), 4, failed.task_id), lambda t, s=store: s(t)), path, "failures")
+            add(_Replay((as_utc(failed.emitted_at), 4, failed.task_id), store), path, "failures")
     for stage, counter in (("generation", "generations"), ("evaluation", "evaluations")):
         for path in sorted(layout.responses_dir(stage).glob("*.json")):
             if path.name.endswith(".score.json"):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, bindparam
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, SQLModel, col, select
 
 from services.tracker.artifacts import Layout, ResultFiles
 from services.tracker.csv_log import CsvLog, complete_line, owed_csv_lines, revise
@@ -25,7 +25,16 @@ from services.tracker.tables import (
     GenerationResult,
     LlmCall,
 )
-from shared.events import CallRecord, EvaluationScored, ExperimentPlanned, ExperimentRequested, TaskCreated, TaskFailed
+from shared.events import (
+    CallRecord,
+    EvaluationScored,
+    EvaluationTask,
+    ExperimentPlanned,
+    ExperimentRequested,
+    GenerationTask,
+    TaskCreated,
+    TaskFailed,
+)
 from shared.ids import COMBO_ID_VERSION
 
 
@@ -102,7 +111,7 @@ class Rows:
             self._add_combo_mappings(session, mappings)
             session.commit()
 
-    def store_generation(self, task: TaskCreated, call: CallRecord, files: ResultFiles) -> None:
+    def store_generation(self, task: GenerationTask, call: CallRecord, files: ResultFiles) -> None:
         with Session(self.engine) as session:
             row = self._result_row(session, GenerationResult, task.experiment_id, task.task_id)
             named: list[EvaluationResult] = []
@@ -133,7 +142,7 @@ class Rows:
         self.csv_log.append("generation", generation_lines)
         self.csv_log.append("evaluation", evaluation_lines)
 
-    def store_evaluation(self, task: TaskCreated, call: CallRecord, files: ResultFiles) -> None:
+    def store_evaluation(self, task: EvaluationTask, call: CallRecord, files: ResultFiles) -> None:
         with Session(self.engine) as session:
             row = self._evaluation_row(session, task)
             if row.finished_at is None or as_utc(call.finished_at) > row.finished_at:
@@ -185,7 +194,7 @@ class Rows:
                 select(Failure).where(Failure.experiment_id == event.experiment_id, Failure.task_id == event.task_id)
             ).first()
             if row is None or failed_at > row.failed_at:
-                values = dict(
+                values: dict[str, Any] = dict(
                     experiment_id=event.experiment_id,
                     task_id=event.task_id,
                     stage=event.stage,
@@ -216,7 +225,7 @@ class Rows:
     def _result_row(session: Session, table, experiment_id: str, task_id: str):
         return session.exec(_row_by_task(table), params={"experiment_id": experiment_id, "task_id": task_id}).first()
 
-    def _evaluation_row(self, session: Session, task: TaskCreated) -> EvaluationResult:
+    def _evaluation_row(self, session: Session, task: EvaluationTask) -> EvaluationResult:
         row = self._result_row(session, EvaluationResult, task.experiment_id, task.task_id)
         if row is not None:
             return row
@@ -251,7 +260,7 @@ class Rows:
             select(EvaluationResult).where(
                 EvaluationResult.experiment_id == generation.experiment_id,
                 EvaluationResult.generation_task_id == generation.task_id,
-                EvaluationResult.generation_model.is_(None),
+                col(EvaluationResult.generation_model).is_(None),
             )
         ).all()
         for evaluation in waiting:
@@ -304,7 +313,7 @@ class Rows:
         combo_ids = {mapping.combo_id for mapping in mappings}
         known = set(
             session.exec(
-                select(ComboMapping.combo_id, ComboMapping.concept_id).where(ComboMapping.combo_id.in_(combo_ids))
+                select(ComboMapping.combo_id, ComboMapping.concept_id).where(col(ComboMapping.combo_id).in_(combo_ids))
             ).all()
         )
         for mapping in mappings:
@@ -333,7 +342,10 @@ def _call_values(call: CallRecord, files: ResultFiles) -> dict[str, Any]:
     )
 
 
-def _assign(row: SQLModel, values: dict[str, Any]) -> SQLModel:
+_Row = TypeVar("_Row", bound=SQLModel)
+
+
+def _assign(row: _Row, values: dict[str, Any]) -> _Row:
     for name, value in values.items():
         setattr(row, name, value)
     return row

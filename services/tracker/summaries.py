@@ -25,14 +25,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from services.tracker.artifacts import write_csv
-from services.tracker.tables import ComboMapping, EvaluationResult, Experiment, GenerationResult
+from services.tracker.tables import ComboMapping, EvaluationResult, Experiment, GenerationResult, sa_table
 
 NINE_POINT_SCALE = 9
 HIGH_SCORE = 7
@@ -40,11 +41,6 @@ LOW_SCORE = 3
 HIGH_AGREEMENT_RANGE = 1
 MODERATE_AGREEMENT_RANGE = 3
 
-PARSED_SCORES_COLUMNS = (
-    "experiment_id", "task_id", "generation_task_id", "combo_id", "generation_template_id",
-    "generation_model_id", "generation_model", "evaluation_template_id", "evaluation_model_id", "evaluation_model",
-    "replicate", "status", "score", "max_score", "parse_error", "parser", "score_path",
-)  # fmt: skip
 STATISTICS_COLUMNS = ("count", "mean", "std", "min", "max", "high_count", "low_count")
 SCALE_COLUMNS = ("evaluation_template_id", "max_score")
 FINAL_RESULTS_COLUMNS = ("experiment_id", *SCALE_COLUMNS, "group_by", "group", *STATISTICS_COLUMNS)
@@ -70,6 +66,34 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
     "generation_model_x_evaluation_model": ("generation_model_id", "evaluation_model_id"),
     "overall": (),
 }
+
+
+class ScoredRow(Protocol):
+    """A row of parsed_scores.csv, the evaluation columns every summary reads, in its column order
+    (SQLAlchemy's `Row`, whose columns are attributes only at run time)."""
+
+    experiment_id: str
+    task_id: str
+    generation_task_id: str
+    combo_id: str
+    generation_template_id: str
+    generation_model_id: str
+    generation_model: str | None
+    evaluation_template_id: str
+    evaluation_model_id: str
+    evaluation_model: str
+    replicate: int
+    status: str
+    score: float | None
+    max_score: int | None
+    parse_error: str | None
+    parser: str | None
+    score_path: str | None
+
+    def _asdict(self) -> dict[str, Any]: ...
+
+
+PARSED_SCORES_COLUMNS = tuple(ScoredRow.__annotations__)
 
 
 @dataclass(frozen=True)
@@ -99,7 +123,7 @@ def on_nine_point_scale(value: float, max_score: int | None) -> float:
     return value * NINE_POINT_SCALE / (max_score or NINE_POINT_SCALE)
 
 
-def _scale(row: EvaluationResult) -> tuple[str, int | None]:
+def _scale(row: ScoredRow) -> tuple[str, int | None]:
     return row.evaluation_template_id, row.max_score
 
 
@@ -115,19 +139,21 @@ def latest_experiment_id(engine: Engine) -> str | None:
         experiments = session.exec(select(Experiment.experiment_id, Experiment.requested_at)).all()
     if not experiments:
         return None
-    return max(experiments, key=lambda e: (e.requested_at is not None, e.requested_at, e.experiment_id)).experiment_id
+    latest, _ = max(experiments, key=lambda e: (e[1] is not None, e[1], e[0]))
+    return latest
 
 
-def evaluation_rows(engine: Engine, experiment_id: str | None) -> list[EvaluationResult]:
+def evaluation_rows(engine: Engine, experiment_id: str | None) -> list[ScoredRow]:
     """Scored evaluations (parse errors included) of one experiment, or of all when id is None.
-    Plain rows of the parsed-scores columns (every summary reads only those), read like
+    Plain rows of the parsed-scores columns (every summary reads only those), not
     `EvaluationResult`s: loading 64,000 whole ORM objects took 12 s."""
-    table = EvaluationResult.__table__
+    table = sa_table(EvaluationResult)
     query = sa_select(*(table.c[column] for column in PARSED_SCORES_COLUMNS)).where(table.c.has_score == True)  # noqa: E712
     if experiment_id is not None:
         query = query.where(table.c.experiment_id == experiment_id)
     with engine.connect() as connection:
-        return list(connection.execute(query.order_by(table.c.experiment_id, table.c.task_id)).all())
+        rows = connection.execute(query.order_by(table.c.experiment_id, table.c.task_id)).all()
+    return cast(list[ScoredRow], rows)
 
 
 def _sample_stdev(scores: Sequence[float]) -> float | None:
@@ -153,22 +179,22 @@ def describe(scores: list[float], max_score: int | None) -> dict[str, float | in
     }
 
 
-def final_results(rows: Iterable[EvaluationResult]) -> list[dict]:
+def final_results(rows: Iterable[ScoredRow]) -> list[dict]:
     """One long table: per experiment and scale (evaluation template and max_score), a block of rows
     per grouping, each row a group's statistics. Experiments are never pooled: they may differ in
     concepts, k and judges."""
-    by_scale: dict[tuple[str, str, int | None], list[EvaluationResult]] = defaultdict(list)
+    by_scale: dict[tuple[str, str, int | None], list[tuple[ScoredRow, float]]] = defaultdict(list)
     for row in rows:
         if row.score is not None:
-            by_scale[(row.experiment_id, *_scale(row))].append(row)
+            by_scale[(row.experiment_id, *_scale(row))].append((row, row.score))
     table = []
     for (experiment_id, template, max_score), scored in sorted(
         by_scale.items(), key=lambda item: (item[0][0], *_scale_key(item[0][1:]))
     ):
         for group_by, fields in GROUPINGS.items():
             groups: dict[str, list[float]] = defaultdict(list)
-            for row in scored:
-                groups[" x ".join(getattr(row, field) for field in fields) or "all"].append(row.score)
+            for row, score in scored:
+                groups[" x ".join(getattr(row, field) for field in fields) or "all"].append(score)
             for group, scores in sorted(groups.items()):
                 table.append(
                     {
@@ -183,28 +209,31 @@ def final_results(rows: Iterable[EvaluationResult]) -> list[dict]:
     return table
 
 
-def generation_scores(rows: Iterable[EvaluationResult]) -> list[GenerationScore]:
+def generation_scores(rows: Iterable[ScoredRow]) -> list[GenerationScore]:
     """Per generation and scale, in generation order."""
-    grouped: dict[tuple[str, str, tuple[str, int]], list[EvaluationResult]] = defaultdict(list)
+    first: dict[tuple[str, str, tuple[str, int]], ScoredRow] = {}
+    grouped: dict[tuple[str, str, tuple[str, int]], list[float]] = defaultdict(list)
     for row in rows:
         if row.score is not None:
-            grouped[row.experiment_id, row.generation_task_id, _scale_key(_scale(row))].append(row)
+            key = (row.experiment_id, row.generation_task_id, _scale_key(_scale(row)))
+            first.setdefault(key, row)
+            grouped[key].append(row.score)
     return [
         GenerationScore(
-            experiment_id=members[0].experiment_id,
-            generation_task_id=members[0].generation_task_id,
-            combo_id=members[0].combo_id,
-            generation_template_id=members[0].generation_template_id,
-            generation_model_id=members[0].generation_model_id,
-            evaluation_template_id=members[0].evaluation_template_id,
-            max_score=members[0].max_score,
-            scores=tuple(member.score for member in members),
+            experiment_id=first[key].experiment_id,
+            generation_task_id=first[key].generation_task_id,
+            combo_id=first[key].combo_id,
+            generation_template_id=first[key].generation_template_id,
+            generation_model_id=first[key].generation_model_id,
+            evaluation_template_id=first[key].evaluation_template_id,
+            max_score=first[key].max_score,
+            scores=tuple(scores),
         )
-        for _, members in sorted(grouped.items())
+        for key, scores in sorted(grouped.items())
     ]
 
 
-def score_pivot(rows: Iterable[EvaluationResult]) -> tuple[list[str], list[dict]]:
+def score_pivot(rows: Iterable[ScoredRow]) -> tuple[list[str], list[dict]]:
     """A row per generation, a column `<evaluation template>__<evaluation model>` per judge setup,
     holding that setup's mean score for the generation (one setup is one scale)."""
     generations: dict[tuple[str, str], dict] = {}
@@ -232,7 +261,7 @@ def agreement_class(evaluators: int, score_range: float, max_score: int | None) 
     return "moderate" if nine_point_range <= MODERATE_AGREEMENT_RANGE else "low"
 
 
-def evaluator_agreement(rows: Iterable[EvaluationResult]) -> list[dict]:
+def evaluator_agreement(rows: Iterable[ScoredRow]) -> list[dict]:
     table = []
     for generation in generation_scores(rows):
         scores = generation.scores
@@ -282,7 +311,7 @@ def top_generations(engine: Engine, experiment_id: str | None, limit: int = 10) 
 
 def combo_concepts(engine: Engine, combo_ids: Iterable[str]) -> dict[str, list[str]]:
     with Session(engine) as session:
-        mappings = session.exec(select(ComboMapping).where(ComboMapping.combo_id.in_(set(combo_ids)))).all()
+        mappings = session.exec(select(ComboMapping).where(col(ComboMapping.combo_id).in_(set(combo_ids)))).all()
     concepts: dict[str, list[str]] = defaultdict(list)
     for mapping in mappings:
         concepts[mapping.combo_id].append(mapping.concept_id)
@@ -295,10 +324,10 @@ def generation_models(engine: Engine, generations: Iterable[GenerationScore]) ->
     with Session(engine) as session:
         rows = session.exec(
             select(GenerationResult.experiment_id, GenerationResult.task_id, GenerationResult.generation_model).where(
-                GenerationResult.experiment_id.in_({experiment for experiment, _ in keys})
+                col(GenerationResult.experiment_id).in_({experiment for experiment, _ in keys})
             )
         ).all()
-    return {(r.experiment_id, r.task_id): r.generation_model for r in rows if (r.experiment_id, r.task_id) in keys}
+    return {(experiment, task): model for experiment, task, model in rows if (experiment, task) in keys}
 
 
 def render_results_table(engine: Engine, experiment_id: str | None, limit: int = 10) -> Table:

@@ -14,8 +14,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+
+def sa_table(model: type[SQLModel]) -> Table:
+    """SQLAlchemy's table behind a table model."""
+    return model.__table__  # type: ignore[attr-defined]  # set by SQLModel at class creation, declared to no type checker
 
 
 class Experiment(SQLModel, table=True):

@@ -48,13 +48,9 @@ class Views:
             experiments = session.exec(select(Experiment.experiment_id, Experiment.requested_at)).all()
         ordered = sorted(
             experiments,
-            key=lambda e: (
-                e.requested_at is None,
-                e.requested_at or datetime.min.replace(tzinfo=UTC),
-                e.experiment_id,
-            ),
+            key=lambda e: (e[1] is None, e[1] or datetime.min.replace(tzinfo=UTC), e[0]),
         )
-        return [experiment.experiment_id for experiment in ordered]
+        return [experiment_id for experiment_id, _ in ordered]
 
     def finished_at_by_experiment(self) -> dict[str, datetime | None]:
         """Every experiment's `finished_at`, one narrow query: lets a poller tell which
@@ -101,7 +97,7 @@ class Views:
         return RecordedResults(
             generations={
                 task_id: RecordedGeneration(
-                    text=self.layout.absolute(response_path).read_text(encoding="utf-8"), truncated=truncated
+                    text=self.layout.absolute(response_path).read_text(encoding="utf-8"), truncated=bool(truncated)
                 )
                 for task_id, response_path, truncated in generations
             },

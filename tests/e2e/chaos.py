@@ -136,7 +136,7 @@ class Outcome:
     """evaluation task id -> score"""
     failures: dict[str, str]
     """task id -> reason, unresolved failures only"""
-    missing_files: list[str]
+    missing_files: list[str | None]
 
 
 def outcome(tracker: Tracker, experiment_id: str) -> Outcome:
@@ -146,7 +146,7 @@ def outcome(tracker: Tracker, experiment_id: str) -> Outcome:
         evaluations = session.exec(select(EvaluationResult).where(EvaluationResult.experiment_id == experiment_id)).all()
         failures = session.exec(select(Failure).where(Failure.experiment_id == experiment_id,
                                                       Failure.resolved == False)).all()  # noqa: E712
-    paths = [path for row in generations for path in (row.prompt_path, row.response_path, row.call_path)]
+    paths: list[str | None] = [path for row in generations for path in (row.prompt_path, row.response_path, row.call_path)]
     paths += [path for row in evaluations
               for path in (row.prompt_path, row.response_path, row.call_path, row.score_path)]
     return Outcome(

@@ -89,6 +89,7 @@ async def stream_leader(url: str, stream: str) -> str:
     nc = await nats.connect(server_urls(url))
     try:
         info = await nc.jetstream().stream_info(stream)
+        assert info.cluster is not None and info.cluster.leader is not None, f"{stream} is not replicated"
         return info.cluster.leader
     finally:
         await nc.close()

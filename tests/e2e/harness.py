@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -52,7 +52,7 @@ async def declare_tiers(nats_url: str, settings: Settings, tiers: list[TierSpec]
         await nc.close()
 
 
-async def publish_tasks(nats_url: str, tasks: list[TaskCreated]) -> None:
+async def publish_tasks(nats_url: str, tasks: Sequence[TaskCreated]) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await asyncio.gather(*(publish_from_client(js, t) for t in tasks))

@@ -119,6 +119,7 @@ class Prometheus:
         """(labels, value) of each series `expr` evaluates to now, finite values only: a 0/0
         ratio or a quantile of no observations is NaN, which Grafana draws as nothing."""
         data = self._api("query", {"query": expr})
+        samples: list[tuple[dict[str, str], tuple[float, str]]]
         if data["resultType"] == "scalar":
             samples = [({}, data["result"])]
         else:

@@ -71,7 +71,7 @@ class ClusterStack(EmbeddedStack):
 async def active_tracker_pid(url: str) -> int:
     nc = await nats.connect(server_urls(url))
     try:
-        holder = (await (await nc.jetstream().key_value(LEASE_BUCKET)).get(LEASE_KEY)).value.decode()
+        holder = ((await (await nc.jetstream().key_value(LEASE_BUCKET)).get(LEASE_KEY)).value or b"").decode()
         return int(holder.split("-")[-2])
     finally:
         await nc.close()

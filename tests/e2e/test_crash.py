@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -69,11 +70,15 @@ def kill_everything_once(stack: EmbeddedStack, chaos: random.Random) -> list[dic
     kills = [kill_and_restart(stack, "combiner")]
     for name, (low, high) in KILL_WINDOWS:
         at_call = chaos.randint(low, high)
-        wait_until(lambda at_call=at_call: stack.fake_llm_stats()["total_calls"] >= at_call, timeout_s=60, what=f"call {at_call}")
+        wait_until(partial(calls_reached, stack, at_call), timeout_s=60, what=f"call {at_call}")
         kills.append(kill_and_restart(stack, name))
     for name in stack.processes:
         stack.wait_healthy(name)
     return kills
+
+
+def calls_reached(stack: EmbeddedStack, count: int) -> bool:
+    return stack.fake_llm_stats()["total_calls"] >= count
 
 
 def kill_and_restart(stack: EmbeddedStack, name: str) -> dict:

@@ -69,7 +69,7 @@ def test_every_fault_class_ends_done_or_as_one_failure_of_its_class(tmp_path: Pa
         generations = session.exec(select(GenerationResult)).all()
         evaluations = session.exec(select(EvaluationResult)).all()
 
-    injected = Counter()
+    injected: Counter[str] = Counter()
     for model in stats["models"].values():
         injected.update(model["faults"])
     print(f"faults injected (calls): {dict(sorted(injected.items()))}")
@@ -81,6 +81,7 @@ def test_every_fault_class_ends_done_or_as_one_failure_of_its_class(tmp_path: Pa
     assert Counter(f.reason for f in failures) == {reason: injected[kind] for kind, reason in PERMANENT.items()}
 
     for call in calls:
+        assert call.response_id is not None, "the fake names every response"
         kind = expected_fault(call.response_id)
         assert call.response_id.endswith(f"-{call.attempt}"), "the fake saw more calls than the worker made"
         assert kind not in PERMANENT
@@ -89,11 +90,16 @@ def test_every_fault_class_ends_done_or_as_one_failure_of_its_class(tmp_path: Pa
         else:
             assert call.attempt == 1, (call.task_id, kind)
         assert call.truncated == (kind == "length"), (call.task_id, kind)
-    rate_limited = [c for c in calls if expected_fault(c.response_id) == "429"]
-    results = {r.task_id: r for r in [*generations, *evaluations]}
+    rate_limited = [c for c in calls if expected_fault(c.response_id or "") == "429"]
+    results: dict[str, GenerationResult | EvaluationResult] = {
+        **{r.task_id: r for r in generations},
+        **{r.task_id: r for r in evaluations},
+    }
     assert rate_limited
     for call in rate_limited:
-        record = json.loads(tracker.layout.absolute(results[call.task_id].call_path).read_text(encoding="utf-8"))
+        call_path = results[call.task_id].call_path
+        assert call_path is not None
+        record = json.loads(tracker.layout.absolute(call_path).read_text(encoding="utf-8"))
         created = datetime.fromisoformat(record["task"]["emitted_at"])
         waited = datetime.fromisoformat(record["call"]["started_at"]) - created
         assert waited >= timedelta(seconds=FAULT_TIMES * RETRY_AFTER_429_S), (call.task_id, waited)

@@ -139,6 +139,7 @@ async def request_again(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     stored = await js.get_last_msg(EVENTS_STREAM, EXPERIMENT_REQUESTED)
+    assert stored.data is not None
     await js.publish(EXPERIMENT_REQUESTED, stored.data, headers={"Nats-Msg-Id": f"{COPY}requested-after-the-window"})
     await nc.close()
 
@@ -214,9 +215,9 @@ async def republish_events(nats_url: str, subjects: tuple[str, ...], *, tag: str
     copied = 0
     for sequence in range(info.state.first_seq, info.state.last_seq + 1):
         message = await js.get_msg(EVENTS_STREAM, sequence)
-        if message.subject not in subjects or message.headers.get("Nats-Msg-Id", "").startswith(COPY):
+        if message.subject not in subjects or (message.headers or {}).get("Nats-Msg-Id", "").startswith(COPY):
             continue
-        body = message.data
+        body = message.data or b""
         if restamp:
             body = json.dumps({**json.loads(body), "emitted_at": datetime.now(UTC).isoformat()}).encode()
         await js.publish(message.subject, body, headers={"Nats-Msg-Id": f"{COPY}{tag}-{sequence}"})
@@ -341,12 +342,12 @@ def test_dead_letters_become_failures_and_a_malformed_advisory_is_terminated(
     sequence = asyncio.run(dead_letter(example_stack.nats_url, advisory, task.model_dump_json().encode()))
     asyncio.run(dead_letter(example_stack.nats_url, b'{"stream": "DD_TASKS", "stream_seq": "not a number"', None))
 
-    wait_until(lambda: failures(example_stack, experiment_id="dead-letter-e2e")
-               and failures(example_stack, stage="dead_letter"), timeout_s=30, what="both dead letters recorded")
+    wait_until(lambda: bool(failures(example_stack, experiment_id="dead-letter-e2e"))
+               and bool(failures(example_stack, stage="dead_letter")), timeout_s=30, what="both dead letters recorded")
     [failure] = failures(example_stack, experiment_id="dead-letter-e2e")
     assert (failure.task_id, failure.reason, failure.attempts) == (task.task_id, "max_deliveries", 6)
     assert Tracker(example_stack.data, engine_for(example_stack.data)).failed_tasks("dead-letter-e2e") == [task]
-    assert asyncio.run(task_message_gone(example_stack.nats_url, sequence))
+    assert sequence is not None and asyncio.run(task_message_gone(example_stack.nats_url, sequence))
     assert tracker_metric(example_stack, "daydream_tasks_failed_total",
                           {"stage": "generation", "reason": "max_deliveries"}) == counted + 1
     [poison] = failures(example_stack, stage="dead_letter")

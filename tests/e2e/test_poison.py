@@ -70,7 +70,7 @@ async def consumers_settled(nats_url: str) -> list[str]:
 
 def poison_failures(tracker) -> list[Failure]:
     with Session(tracker.engine) as session:
-        return session.exec(select(Failure).where(Failure.reason == "poison_message")).all()
+        return list(session.exec(select(Failure).where(Failure.reason == "poison_message")).all())
 
 
 def test_poison_on_every_consumed_subject_is_recorded_once_and_work_goes_on(tmp_path: Path) -> None:

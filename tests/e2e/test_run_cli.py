@@ -101,6 +101,7 @@ def test_down_stops_what_is_left_of_a_stack_that_lost_a_service(data: Path) -> N
     output, _ = up.communicate(timeout=120)
     assert up.returncode == 0, output
     state = StackState.load(data)
+    assert state is not None, "up recorded no stack"
     pids = [process["pid"] for process in state.processes.values()]
     assert len(pids) == 7
     try:

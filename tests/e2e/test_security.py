@@ -50,7 +50,7 @@ async def every_stored_message(nats_url: str) -> list[bytes]:
     for info in await js.streams_info():
         for sequence in range(max(1, info.state.first_seq), info.state.last_seq + 1):
             try:
-                message = await js.get_msg(info.config.name, sequence)
+                message = await js.get_msg(info.config.name or "", sequence)
             except nats.js.errors.NotFoundError:
                 continue
             found.append(repr(message.headers).encode() + (message.data or b""))
@@ -69,6 +69,7 @@ def test_a_canary_api_key_used_for_a_whole_run_is_found_nowhere(tmp_path: Path) 
         publish(stack, spec)
         tracker = tracker_of(data)
         progress = wait_finished(tracker, spec.experiment_id, timeout_s=60)
+        assert stack.llm_base_url is not None
         fake_root = stack.llm_base_url.removesuffix("/v1")
         last_request = httpx.get(f"{fake_root}/last_request").json()
         metrics = {name: httpx.get(f"http://127.0.0.1:{port}/metrics").text for name, port in stack.ports.items()}
@@ -92,7 +93,7 @@ def publish_cli(data: Path, stack: EmbeddedStack, *args: str):
     return CliRunner().invoke(app, ["publish", "--data", str(data), *args], env=stack.client_env())
 
 
-async def stream_message_counts(nats_url: str) -> dict[str, int]:
+async def stream_message_counts(nats_url: str) -> dict[str | None, int]:
     nc = await nats.connect(nats_url)
     counts = {info.config.name: info.state.messages for info in await nc.jetstream().streams_info()}
     await nc.close()

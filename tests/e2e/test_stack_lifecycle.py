@@ -186,7 +186,7 @@ def test_down_never_signals_a_process_that_merely_reuses_a_recorded_pid(data: Pa
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         state = StackState(data_dir=str(data), nats_url="nats://127.0.0.1:1", owner={"command": "up", "pid": 1},
-                           processes={"parser": {"pid": bystander.pid, "started": start_time(bystander.pid) - 1}})
+                           processes={"parser": {"pid": bystander.pid, "started": (start_time(bystander.pid) or 0) - 1}})
         state.save(data)
         down = daydream("down", "--data", str(data))
         output = said(down, 60)
@@ -210,6 +210,7 @@ def test_a_stack_that_lost_a_process_is_never_published_past_and_up_restores_it_
     output = said(up, 120)
     assert up.returncode == 0, output
     before = StackState.load(data)
+    assert before is not None, "up recorded no stack"
     pids = stack_pids(data)
     try:
         os.kill(before.processes["parser"]["pid"], signal.SIGKILL)
@@ -226,7 +227,7 @@ def test_a_stack_that_lost_a_process_is_never_published_past_and_up_restores_it_
         assert "has lost parser" in output and "starting it again" in output
         after = StackState.load(data)
         pids += stack_pids(data)
-        assert after.alive() and after.nats_url == before.nats_url, "NATS_URL printed before still holds"
+        assert after is not None and after.alive() and after.nats_url == before.nats_url, "NATS_URL printed before still holds"
     finally:
         down = daydream("down", "--data", str(data))
         down.communicate(timeout=90)

@@ -142,8 +142,9 @@ def test_images_are_pinned_and_nats_is_the_version_the_tests_run() -> None:
     }
     assert not floating, f"images without a concrete version: {floating}"
     tested = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, check=True).stdout
-    tested_minor = re.search(r"v(\d+\.\d+)\.", tested).group(1)
-    assert re.search(r":(\d+\.\d+)\.", pulled["nats"]).group(1) == tested_minor
+    tested_minor = re.search(r"v(\d+\.\d+)\.", tested)
+    pinned_minor = re.search(r":(\d+\.\d+)\.", pulled["nats"])
+    assert tested_minor and pinned_minor and pinned_minor.group(1) == tested_minor.group(1)
 
 
 def test_fake_llm_is_only_in_the_demo_profile() -> None:

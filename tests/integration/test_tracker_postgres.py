@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from daydream.cli import app
@@ -51,7 +51,7 @@ def test_redelivered_shuffled_events_on_postgres_match_in_order_delivery(postgre
 
     combo_ids = [combo.combo_id for combo in fake.planned.combos]
     with Session(engine) as session:
-        mappings = session.exec(select(ComboMapping).where(ComboMapping.combo_id.in_(combo_ids))).all()
+        mappings = session.exec(select(ComboMapping).where(col(ComboMapping.combo_id).in_(combo_ids))).all()
     assert sorted((m.combo_id, m.concept_id) for m in mappings) == sorted(
         (combo.combo_id, concept) for combo in fake.planned.combos for concept in combo.concept_ids
     )

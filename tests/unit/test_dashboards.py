@@ -128,7 +128,7 @@ def test_every_daydream_series_is_on_a_dashboard() -> None:
     (throughput, queue depth, in flight vs cap, latency, errors and 429s, cost, parse failures,
     progress); one that no panel plots is one nobody watches."""
     plotted = {name for expr in dashboard_exprs() for name in metric_names(expr)}
-    unplotted = [metric.describe()[0].name for metric in DAYDREAM_METRICS if not exposed_names([metric]) & plotted]
+    unplotted = [next(iter(metric.describe())).name for metric in DAYDREAM_METRICS if not exposed_names([metric]) & plotted]
     assert unplotted == []
 
 

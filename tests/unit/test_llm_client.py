@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -110,8 +111,8 @@ async def failure(llm: LLMClient) -> LLMError:
 # ---- request hash ------------------------------------------------------------------------
 
 
-def hash_of(**changes) -> str:
-    arguments = {
+def hash_of(**changes: Any) -> str:
+    arguments: dict[str, Any] = {
         "endpoint": "https://openrouter.ai/api/v1",
         "model": "acme/writer-1",
         "messages": chat_messages("Write."),
@@ -338,7 +339,7 @@ async def test_the_client_raises_what_the_classification_says(client, script):
     script.headers = {"Retry-After": format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)}
     error = await failure(client)
     assert error.kind is ErrorKind.RATE_LIMITED and error.status == 429
-    assert 27.0 <= error.retry_after_s <= 30.0
+    assert error.retry_after_s is not None and 27.0 <= error.retry_after_s <= 30.0
 
 
 async def test_slow_server_is_a_timeout(scripted, script):

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, inspect, text
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from services.tracker.db import init_db, make_engine
 from services.tracker.recorder import Tracker
@@ -18,7 +18,7 @@ from tests.fakes import T0, FakeExperiment, call, deliver
 
 def finished_at(engine: Engine) -> datetime | None:
     with Session(engine) as session:
-        return session.get(Experiment, "exp1").finished_at
+        return session.exec(select(Experiment.finished_at).where(Experiment.experiment_id == "exp1")).one()
 
 
 def tracker_in(tmp_path: Path) -> Tracker:

@@ -3,6 +3,7 @@ finds what disagrees, each with its fix."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tests.fakes import FakeExperiment, call, csv_keys, csv_lines, deliver, dump
 
 
 @pytest.fixture
-def recorded(tmp_path: Path) -> tuple[Path, Tracker, FakeExperiment]:
+def recorded(tmp_path: Path) -> Iterator[tuple[Path, Tracker, FakeExperiment]]:
     """Two experiments sharing task ids (the second with fresh texts but the same judge answers),
     two failures later resolved and one still open."""
     data_dir = tmp_path / "data"

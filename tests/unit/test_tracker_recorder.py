@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from services.tracker.artifacts import CsvHeaderMismatch, read_csv_rows
 from services.tracker.csv_log import EVALUATION_CSV_COLUMNS, GENERATION_CSV_COLUMNS
@@ -46,7 +47,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def engine(data_dir: Path) -> Engine:
+def engine(data_dir: Path) -> Iterator[Engine]:
     engine = make_engine(f"sqlite:///{data_dir / 'daydream.db'}")
     yield engine
     engine.dispose()
@@ -63,7 +64,7 @@ def test_a_whole_experiment_lands_in_every_table_file_and_csv(tracker: Tracker, 
         deliver(tracker, event)
 
     with Session(engine) as session:
-        experiment = session.get(Experiment, "exp1")
+        experiment = session.exec(select(Experiment).where(Experiment.experiment_id == "exp1")).one()
         assert (
             experiment.name,
             experiment.k_max,
@@ -77,7 +78,7 @@ def test_a_whole_experiment_lands_in_every_table_file_and_csv(tracker: Tracker, 
         assert len(session.exec(select(ComboMapping)).all()) == 4
         assert len(session.exec(select(GenerationResult)).all()) == 4
         assert len(session.exec(select(LlmCall)).all()) == 12
-        evaluations = session.exec(select(EvaluationResult).order_by(EvaluationResult.finished_at)).all()
+        evaluations = session.exec(select(EvaluationResult).order_by(col(EvaluationResult.finished_at))).all()
         assert [row.score for row in evaluations] == SCORES
         assert [row.status for row in evaluations] == ["scored"] * 7 + ["parse_error"]
         assert evaluations[-1].parse_error == "no number found"
@@ -365,6 +366,7 @@ def test_a_truncated_generation_left_unjudged_counts_its_evaluations_once_as_ski
     deliver(tracker, fake.requested.model_copy(update={"spec": spec}))
     deliver(tracker, fake.planned)
     first = fake.generations[0]
+    assert first.task.evaluation_plan is not None
     plan = first.task.evaluation_plan.model_copy(update={"evaluate_truncated": False})
     cut = first.model_copy(update={"task": first.task.model_copy(update={"evaluation_plan": plan}),
                                    "call": first.call.model_copy(update={"truncated": True})})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tests.fakes import FakeExperiment, deliver
 
 
 @pytest.fixture
-def finished(tmp_path: Path) -> tuple[Path, Tracker]:
+def finished(tmp_path: Path) -> Iterator[tuple[Path, Tracker]]:
     """The fake experiment with scores per generation: (8, 7), (5, 6), (9, 9), (2, unparsed)."""
     data_dir = tmp_path / "data"
     tracker = Tracker(data_dir, make_engine(f"sqlite:///{data_dir / 'daydream.db'}"))
@@ -99,8 +100,8 @@ def test_judges_on_different_scales_are_summarised_per_rubric_never_averaged_tog
     for event in fake.events():
         if isinstance(event, (EvaluationDone, EvaluationScored)) and event.task.evaluation_model_id == "em1":
             task = event.task.model_copy(update={"evaluation_template_id": "novelty", "max_score": 100})
-            update = {"task": task}
-            if isinstance(event, EvaluationScored):
+            update: dict[str, object] = {"task": task}
+            if isinstance(event, EvaluationScored) and event.score is not None:
                 update |= {"score": event.score * 10}
             event = event.model_copy(update=update)
         deliver(tracker, event)

@@ -6,7 +6,7 @@ from daydream.viewer.stats import difference_ci, krippendorff_alpha, mean_ci, ra
 
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section C: 4 coders, 12 units.
 K = None
-KRIPPENDORFF_2011 = [
+KRIPPENDORFF_2011: list[list[float | None]] = [
     [1, 1, K, 1], [2, 2, 3, 2], [3, 3, 3, 3], [3, 3, 3, 3], [2, 2, 2, 2], [1, 2, 3, 4],
     [4, 4, 4, 4], [1, 1, 2, 1], [2, 2, 2, 2], [K, 5, 5, 5], [K, K, 1, 1], [K, 3, K, K],
 ]
@@ -38,6 +38,7 @@ def test_spearman_interval_contains_rho_and_is_reproducible() -> None:
     x = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     y = [2, 1, 4, 3, 6, 5, 8, 7, 10, 9]
     estimate = spearman_ci(x, y)
+    assert estimate.value is not None and estimate.low is not None and estimate.high is not None
     assert estimate.low <= estimate.value <= estimate.high
     assert spearman_ci(x, y) == estimate
 
@@ -45,10 +46,12 @@ def test_spearman_interval_contains_rho_and_is_reproducible() -> None:
 def test_mean_and_difference_intervals() -> None:
     estimate = mean_ci([4, 6])
     assert estimate.value == 5 and estimate.n == 2
+    assert estimate.high is not None
     # stdev of [4, 6] = sqrt(2); half width = 1.96 * sqrt(2)/sqrt(2)
     assert estimate.high - estimate.value == pytest.approx(1.959964, rel=1e-5)
     diff = difference_ci([4, 6], [7, 9])
     assert diff.value == 3
+    assert diff.low is not None and diff.high is not None
     assert diff.low < 3 < diff.high
 
 
@@ -56,4 +59,5 @@ def test_large_samples_get_a_fisher_interval_around_rho() -> None:
     x = list(range(300))
     y = [v + (7 if v % 2 else -7) for v in x]
     estimate = spearman_ci(x, y)
+    assert estimate.value is not None and estimate.low is not None and estimate.high is not None
     assert estimate.low < estimate.value < estimate.high < 1
