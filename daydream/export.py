@@ -21,7 +21,14 @@ from sqlalchemy import Engine, and_, select
 
 from services.tracker.artifacts import Layout
 from services.tracker.db import engine_for, init_db
-from services.tracker.tables import CALL_USAGE_COLUMNS, ComboMapping, EvaluationResult, GenerationResult, LlmCall
+from services.tracker.tables import (
+    CALL_USAGE_COLUMNS,
+    ComboMapping,
+    EvaluationResult,
+    GenerationResult,
+    LlmCall,
+    sa_table,
+)
 from services.tracker.views import Views
 from shared.events import ExperimentRequested
 from shared.settings import Settings
@@ -34,10 +41,10 @@ LIST_COLUMNS = ("concept_ids", "concepts")
 """Lists in JSON lines, Parquet and frames; joined with `LIST_SEPARATOR` in CSV."""
 LIST_SEPARATOR = "; "
 
-_evaluation = EvaluationResult.__table__
-_generation = GenerationResult.__table__
-_generation_call = LlmCall.__table__.alias("generation_call")
-_evaluation_call = LlmCall.__table__.alias("evaluation_call")
+_evaluation = sa_table(EvaluationResult)
+_generation = sa_table(GenerationResult)
+_generation_call = sa_table(LlmCall).alias("generation_call")
+_evaluation_call = sa_table(LlmCall).alias("evaluation_call")
 
 
 def _usage(stage: str, result, call) -> list:
@@ -103,7 +110,7 @@ def export_columns(data_dir: Path, engine: Engine, experiment_ids: Sequence[str]
         result = connection.execute(query.order_by(_evaluation.c.experiment_id, _evaluation.c.task_id))
         keys = list(result.keys())
         selected = dict(zip(keys, list(zip(*result.all(), strict=True)) or [()] * len(keys), strict=True))
-        mappings = connection.execute(select(ComboMapping.combo_id, ComboMapping.concept_id)).all()
+        mappings = connection.execute(select(sa_table(ComboMapping).c.combo_id, sa_table(ComboMapping).c.concept_id)).all()
     members: dict[str, list[str]] = defaultdict(list)
     for combo_id, concept_id in mappings:
         members[combo_id].append(concept_id)

@@ -24,7 +24,7 @@ from daydream.stack import stack_running
 from services.parser.scoring import find_parser, parse_score
 from services.tracker.artifacts import task_from_kept_fields
 from services.tracker.recorder import Tracker
-from services.tracker.tables import EvaluationResult
+from services.tracker.tables import EvaluationResult, sa_table
 from shared.events import CallRecord, EvaluationScored, EvaluationTask
 
 console = Console()
@@ -62,7 +62,7 @@ def rescore_experiment(tracker: Tracker, experiment_id: str, parser: str | None 
     and records each verdict (score or parse error) that differs from the recorded one. Raises
     ValueError, before recording anything, when a parser is unknown or a call record unreadable
     (OSError when it is missing)."""
-    table = EvaluationResult.__table__
+    table = sa_table(EvaluationResult)
     query = select(
         table.c.task_id, table.c.generation_task_id, table.c.evaluation_model_id, table.c.call_path,
         table.c.score, table.c.parse_error,

@@ -187,7 +187,7 @@ def replicas_to_declare(settings: Settings, current: int | None = None) -> int:
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     for config in stream_configs(settings):
         try:
-            info = await js.stream_info(config.name)
+            info = await js.stream_info(config.name or "")
         except NotFoundError:
             config.num_replicas = replicas_to_declare(settings)
             await js.add_stream(config)

@@ -51,6 +51,8 @@ class ResponseStore:
                 entry = await self._kv.get(request_hash)
         except (KeyNotFoundError, KeyDeletedError):
             return None
+        if not entry.value:
+            return None
         return CallRecord.model_validate_json(entry.value).model_copy(update={"cached": True})
 
     async def put(self, record: CallRecord) -> None:

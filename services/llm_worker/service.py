@@ -9,7 +9,15 @@ from services.llm_worker.budget import BudgetGate
 from services.llm_worker.response_store import ResponseStore
 from services.llm_worker.tier_control import TierControl
 from services.llm_worker.worker import Completed, GaveUp, LLMWorker, RetryLater
-from shared.events import TASK_CREATED, CallRecord, EvaluationDone, EvaluationTask, GenerationDone, GenerationTask
+from shared.events import (
+    TASK_CREATED,
+    CallRecord,
+    EvaluationDone,
+    EvaluationTask,
+    GenerationDone,
+    GenerationTask,
+    Stage,
+)
 from shared.llm import LLMClient
 from shared.service import (
     decode,
@@ -49,7 +57,7 @@ def done_event(task: GenerationTask | EvaluationTask, record: CallRecord) -> Gen
 class LLMWorkers:
     """The per-tier workers of one stage, sized by each live consumer's cap (`max_ack_pending`)."""
 
-    def __init__(self, broker: NatsBroker, settings: Settings, stage: str, readers: tuple[str, ...] = ()) -> None:
+    def __init__(self, broker: NatsBroker, settings: Settings, stage: Stage, readers: tuple[str, ...] = ()) -> None:
         self.broker, self.settings, self.stage, self.readers = broker, settings, stage, readers
         self.worker: LLMWorker | None = None
         self.tiers: TierControl | None = None

@@ -515,6 +515,7 @@ def parse_final_verdict(text: str, *, max_score: int = DEFAULT_MAX_SCORE, allow_
     lines = _non_empty_lines(answer)
     statements = [s for s in _find_statements(lines) if not s.is_sub_score(max_score)]
     strict = _strict_verdict(lines, statements)
+    verdict: float | None
     if strict:
         chosen, verdict, doubt = [strict], strict.readings()[0], ""
     elif statements:

@@ -116,5 +116,5 @@ class Views:
                 .where(LlmCall.experiment_id == experiment_id, LlmCall.cached == False)  # noqa: E712
                 .group_by(LlmCall.stage)
             ).all()
-        return Spend(cost_usd=float(sum(cost for _, cost, _ in by_stage)), calls=sum(calls for *_, calls in by_stage),
+        return Spend(cost_usd=float(sum(cost or 0.0 for _, cost, _ in by_stage)), calls=sum(calls for *_, calls in by_stage),
                      calls_by_stage={stage: calls for stage, _, calls in by_stage})
