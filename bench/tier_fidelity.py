@@ -1,138 +1,137 @@
-"""Do tier caps turn into the throughput they promise? A free tier capped at 1 call in flight and a
-paid tier capped at 5 (no rpm limit), all tasks published at once, against a fake LLM with a fixed
-latency per call.
+"""Do tier caps turn into the throughput they promise, with writing and judging sharing one tier?
+For each cap, one tier, N generation and N evaluation tasks on one model published at once, a
+generator and an evaluator running, against the fake LLM with a fixed latency per call.
 
-    uv run python bench/tier_fidelity.py [--latency S] [--free N] [--paid N]
-    uv run python bench/tier_fidelity.py --latency 0.1 --free 20 --paid 40   # issue 3's Done-when
+    uv run python bench/tier_fidelity.py [--latency S] [--caps 1,5,32] [--calls-per-slot N]
 
-Figures per tier: achieved calls/s (first call started -> last call finished, from the call
-records) divided by the ideal cap / latency; the peak number in flight the fake server saw for the
-tier's model (it must never exceed the cap); and where the missing time goes — the HTTP overhead
-on top of the fake's latency, and the slot gap: from one call's end to the start of the call that
-took its slot (store, publish, ack, next pull, decode, store lookup).
+Figures per cap: achieved calls/s (first call started -> last call finished, from the call
+records) divided by the ideal cap / latency; the peak in flight the fake server saw (it must equal
+the cap); and what the slot mechanism itself costs per call: a loop that takes a tier slot and
+gives it back on a real nats-server, wall time and CPU (client and nats-server) per cycle.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import nats
 from common import fake_stats, machine, moment, read_events, report, running_stack
 
-from shared.events import GENERATION_DONE, CallParameters, GenerationTask, ModelSpec, TierSpec
+from daydream.nats_process import NatsServer
+from services.llm_worker.tier_control import TierControl
+from shared.events import CallParameters, EvaluationTask, GenerationTask, ModelSpec, TierSpec
 from shared.service import publish_from_client
-from shared.topology import EVENTS_STREAM
-
-FREE = TierSpec(tier="free", max_concurrent=1)
-PAID = TierSpec(tier="paid", max_concurrent=5)
+from shared.settings import Settings
+from shared.topology import EVENTS_STREAM, ensure_topology
 
 
-def generation_task(tier: TierSpec, index: int) -> GenerationTask:
-    """A generation with no evaluation plan: only the generator (and the fake) work. Distinct
-    prompts, so no stored response is reused."""
-    model = ModelSpec(id=f"{tier.tier}_model", model=f"fake/{tier.tier}-model", provider="fake", tier=tier.tier)
-    task_id = f"{tier.tier}-{index:05d}"
-    return GenerationTask(
-        experiment_id="tier-fidelity", task_id=task_id, tier=tier, model=model,
-        parameters=CallParameters(), prompt=f"Write about idea number {index} of tier {tier.tier}.\n- Data Flywheel",
-        combo_id=f"combo{index}", generation_template_id="essay", generation_model_id=model.id,
-        generation_task_id=task_id,
-    )
+def tasks_for(tier: TierSpec, count: int) -> list[GenerationTask | EvaluationTask]:
+    """Distinct prompts, so no stored response is reused; no evaluation plan, so nothing fans out."""
+    model = ModelSpec(id="shared_model", model=f"fake/{tier.tier}-model", provider="fake", tier=tier.tier)
+    tasks: list[GenerationTask | EvaluationTask] = []
+    for index in range(count):
+        common = dict(experiment_id="tier-fidelity", tier=tier, model=model, parameters=CallParameters(),
+                      combo_id=f"combo{index}", generation_template_id="essay", generation_model_id=model.id,
+                      generation_task_id=f"gen-{index:05d}")
+        tasks.append(GenerationTask(task_id=f"gen-{index:05d}", prompt=f"Write about idea {index}.", **common))
+        tasks.append(EvaluationTask(task_id=f"eval-{index:05d}", prompt=f"Rate essay {index} from 0 to 10.",
+                                    evaluation_template_id="judge", evaluation_model_id=model.id,
+                                    parser="in_last_line", max_score=10, **common))
+    return tasks
 
 
-async def publish_tasks(nats_url: str, tasks: list[GenerationTask]) -> None:
+async def publish_and_wait(nats_url: str, tasks: list, timeout_s: float) -> None:
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
         await asyncio.gather(*(publish_from_client(js, task) for task in tasks))
-    finally:
-        await nc.close()
-
-
-async def wait_for_done(nats_url: str, expected: int, timeout_s: float) -> None:
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
         deadline = time.monotonic() + timeout_s
-        while (await js.stream_info(EVENTS_STREAM)).state.messages < expected:
+        while (await js.stream_info(EVENTS_STREAM)).state.messages < len(tasks):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"fewer than {expected} GenerationDone after {timeout_s}s")
+                raise TimeoutError(f"fewer than {len(tasks)} done events after {timeout_s}s")
             await asyncio.sleep(0.2)
     finally:
         await nc.close()
 
 
-def slot_gaps_s(calls: list[dict], cap: int) -> list[float]:
-    """The k-th call to finish frees the slot that the (cap + k)-th call to start takes."""
-    starts = sorted(moment(c["started_at"]) for c in calls)
-    finishes = sorted(moment(c["finished_at"]) for c in calls)
-    return [start - finish for start, finish in zip(starts[cap:], finishes, strict=False)]
-
-
-def tier_figures(tier: TierSpec, events: list[dict], peak_in_flight: int, latency_s: float) -> dict:
-    calls = [event["call"] for event in events if event["task"]["tier"]["tier"] == tier.tier]
+def fidelity(cap: int, latency_s: float, calls_per_slot: int) -> dict:
+    tier = TierSpec(tier="shared", max_concurrent=cap)
+    tasks = tasks_for(tier, cap * calls_per_slot // 2)
+    with running_stack(f"fidelity-{cap}", [tier], latency_s=latency_s, services=("generator", "evaluator")) as stack:
+        asyncio.run(publish_and_wait(stack.nats_url, tasks, timeout_s=10 * calls_per_slot * latency_s + 60))
+        peak = fake_stats(stack)["models"][f"fake/{tier.tier}-model"]["peak_in_flight"]
+        calls = [e["call"] for subject in ("dd.generation.done", "dd.evaluation.done")
+                 for e in read_events(stack.nats_url, subject)]
     span = max(moment(c["finished_at"]) for c in calls) - min(moment(c["started_at"]) for c in calls)
-    achieved = len(calls) / span
-    ideal = tier.max_concurrent / latency_s
-    gaps = slot_gaps_s(calls, tier.max_concurrent)
-    return {
-        "cap": tier.max_concurrent,
-        "calls": len(calls),
-        "span_s": round(span, 3),
-        "achieved_calls_per_s": round(achieved, 2),
-        "ideal_calls_per_s": round(ideal, 2),
-        "fidelity": round(achieved / ideal, 3),
-        "peak_in_flight": peak_in_flight,
-        "mean_http_overhead_ms": round(1000 * (statistics.fmean(c["latency_s"] for c in calls) - latency_s), 1),
-        "median_slot_gap_ms": round(1000 * statistics.median(gaps), 1) if gaps else None,
-        "mean_slot_gap_ms": round(1000 * statistics.fmean(gaps), 1) if gaps else None,
-    }
+    achieved, ideal = len(calls) / span, cap / latency_s
+    return {"cap": cap, "calls": len(calls), "span_s": round(span, 2), "achieved_calls_per_s": round(achieved, 1),
+            "ideal_calls_per_s": round(ideal, 1), "fidelity": round(achieved / ideal, 3), "peak_in_flight": peak}
+
+
+def cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def slot_cycles(nats_url: str, cycles: int) -> tuple[float, float]:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        settings = Settings()
+        await ensure_topology(js, settings, [TierSpec(tier="shared", max_concurrent=4)])
+        control = await TierControl.open(nc, js, settings)
+        started, cpu = time.perf_counter(), time.process_time()
+        for _ in range(cycles):
+            async with control.slot("shared", "evaluation"):
+                pass
+        wall, client_cpu = time.perf_counter() - started, time.process_time() - cpu
+        await control.close()
+        return wall, client_cpu
+    finally:
+        await nc.close()
+
+
+def mechanism_cost(cycles: int) -> dict:
+    with NatsServer(store_dir=Path(tempfile.mkdtemp(prefix="daydream-bench-slots-"))) as server:
+        assert server.process
+        asyncio.run(slot_cycles(server.url, 50))
+        before = cpu_s(server.process.pid)
+        wall, client_cpu = asyncio.run(slot_cycles(server.url, cycles))
+        server_cpu = cpu_s(server.process.pid) - before
+    return {"cycles": cycles, "wall_ms_per_call": round(1000 * wall / cycles, 3),
+            "client_cpu_ms_per_call": round(1000 * client_cpu / cycles, 3),
+            "nats_server_cpu_ms_per_call": round(1000 * server_cpu / cycles, 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the fake takes per call (default 0.2)")
-    parser.add_argument("--free", type=int, default=200, help="tasks on the free tier, cap 1 (default 200)")
-    parser.add_argument("--paid", type=int, default=200, help="tasks on the paid tier, cap 5 (default 200)")
+    parser.add_argument("--caps", default="1,5,32", help="caps to measure, comma-separated (default 1,5,32)")
+    parser.add_argument("--calls-per-slot", type=int, default=40,
+                        help="calls per slot of the cap, half writing and half judging (default 40)")
+    parser.add_argument("--cycles", type=int, default=2000, help="slot take/give-back cycles for the cost (default 2000)")
     args = parser.parse_args()
-    counts = {FREE.tier: args.free, PAID.tier: args.paid}
-    tiers = [tier for tier in (FREE, PAID) if counts[tier.tier]]
-    tasks = [generation_task(tier, index) for tier in tiers for index in range(counts[tier.tier])]
-
     host = machine()
-    with running_stack("tiers", tiers, latency_s=args.latency, services=("generator",)) as stack:
-        asyncio.run(publish_tasks(stack.nats_url, tasks))
-        slowest = max(counts[tier.tier] * args.latency / tier.max_concurrent for tier in tiers)
-        asyncio.run(wait_for_done(stack.nats_url, len(tasks), timeout_s=3 * slowest + 60))
-        stats = fake_stats(stack)
-        events = read_events(stack.nats_url, GENERATION_DONE)
-
-    peaks = {name: model["peak_in_flight"] for name, model in stats["models"].items()}
-    result = {
-        "benchmark": "tier_fidelity",
-        "machine": host,
-        "latency_s": args.latency,
-        "fake_llm_calls": stats["total_calls"],
-        "tiers": {
-            tier.tier: tier_figures(tier, events, peaks.get(f"fake/{tier.tier}-model", 0), args.latency)
-            for tier in tiers
-        },
-    }
+    caps = [int(cap) for cap in args.caps.split(",")]
+    result = {"benchmark": "tier_fidelity", "machine": host, "latency_s": args.latency,
+              "both_stages_on_one_tier": {str(cap): fidelity(cap, args.latency, args.calls_per_slot) for cap in caps},
+              "slot_mechanism": mechanism_cost(args.cycles)}
     rows = []
-    for name, figures in result["tiers"].items():
-        rows += [
-            (f"{name}: cap / calls", f"{figures['cap']} / {figures['calls']}"),
-            (f"{name}: achieved / ideal calls/s",
-             f"{figures['achieved_calls_per_s']} / {figures['ideal_calls_per_s']}"),
-            (f"{name}: fidelity", f"{figures['fidelity']:.1%}"),
-            (f"{name}: peak in flight (fake server)", str(figures["peak_in_flight"])),
-            (f"{name}: HTTP overhead per call (ms)", str(figures["mean_http_overhead_ms"])),
-            (f"{name}: slot gap median / mean (ms)",
-             f"{figures['median_slot_gap_ms']} / {figures['mean_slot_gap_ms']}"),
-        ]
+    for cap, figures in result["both_stages_on_one_tier"].items():
+        rows += [(f"cap {cap}: calls, achieved / ideal calls/s",
+                  f"{figures['calls']}, {figures['achieved_calls_per_s']} / {figures['ideal_calls_per_s']}"),
+                 (f"cap {cap}: fidelity, peak in flight", f"{figures['fidelity']:.1%}, {figures['peak_in_flight']}")]
+    cost = result["slot_mechanism"]
+    rows.append(("slot take + give back per call: wall / client CPU / nats-server CPU (ms)",
+                 f"{cost['wall_ms_per_call']} / {cost['client_cpu_ms_per_call']} / {cost['nats_server_cpu_ms_per_call']}"))
+    result["median_fidelity"] = statistics.median(f["fidelity"] for f in result["both_stages_on_one_tier"].values())
     report("tier_fidelity", result, rows)
 
 
