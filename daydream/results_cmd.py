@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import nats
 import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
 from daydream import options
-from daydream.stack import stack_running, usable_stack
+from daydream.stack import StackState, stack_running, usable_stack
 from services.tracker.check import check as find_problems
 from services.tracker.db import OutdatedSchema, engine_for, init_db
 from services.tracker.progress import Progress
@@ -27,7 +29,11 @@ from services.tracker.summaries import (
     write_results,
 )
 from services.tracker.views import Views
+from shared.events import utcnow
 from shared.llm import ErrorKind
+from shared.nats_cluster import server_urls
+from shared.tiers import TierState
+from shared.topology import all_tier_states
 
 console = Console()
 
@@ -144,11 +150,15 @@ def status(
     progress = Views(data_dir, engine).progress(chosen)
     stack_live = stack_running(data)
     _, problem = usable_stack(data)
+    tiers = live_tier_states(data) if stack_live else []
     if as_json:
-        state = {"state": progress_state(progress, stack_live), "stack_problem": problem}
+        state = {"state": progress_state(progress, stack_live), "stack_problem": problem,
+                 "tiers": [tier.model_dump(mode="json") for tier in tiers]}
         typer.echo(json.dumps({**progress.model_dump(mode="json"), **state}, indent=2))
         return
     console.print(render_progress(progress, stack_live))
+    if tiers:
+        console.print(render_tiers(tiers))
     if not progress.finished and problem and not stack_live:
         console.print(f"[red]{problem}[/]")
     elif not progress.finished and not stack_live:
@@ -162,6 +172,40 @@ def status(
             failures.add_row(reason, str(count))
         console.print(failures)
         console.print(f"retry them with `daydream rerun {chosen} --failed`")
+
+
+def live_tier_states(data: Path) -> list[TierState]:
+    """The tiers' shared state as the running stack's workers see it now; none if it cannot be read."""
+    running = StackState.load(data)
+    if running is None:
+        return []
+
+    async def read() -> list[TierState]:
+        nc = await nats.connect(server_urls(running.nats_url), connect_timeout=2, allow_reconnect=False)
+        try:
+            return await all_tier_states(nc.jetstream(timeout=2))
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(read())
+    except (OSError, TimeoutError, nats.errors.Error):
+        return []
+
+
+def render_tiers(tiers: list[TierState]) -> Table:
+    """One line per tier: its cap now (halved after 429s), its rate, a cooldown, a stopped circuit."""
+    table = Table(title="tiers now (shared by writing and judging, all replicas)")
+    for column in ("tier", "cap now / max", "requests/min", "state"):
+        table.add_column(column)
+    now = utcnow()
+    for tier in tiers:
+        stopped, pause = tier.open_circuit(now), tier.pause_left_s(now)
+        state = (f"[red]stopped: {stopped}[/]" if stopped
+                 else f"[yellow]cooling down {pause:.0f}s: {tier.pause_reason}[/]" if pause else "[green]ok[/]")
+        table.add_row(tier.tier, f"{tier.effective_cap} / {tier.max_concurrent}",
+                      f"{tier.requests_per_minute:g}" if tier.requests_per_minute else "no limit", state)
+    return table
 
 
 def rebuild(data: Path = options.DATA) -> None:

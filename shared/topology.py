@@ -22,7 +22,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from shared.events import (
@@ -243,6 +243,17 @@ async def read_tier_state(kv: KeyValue, tier: str) -> tuple[TierState | None, in
     except KeyNotFoundError:
         return None, 0
     return (TierState.model_validate_json(entry.value) if entry.value else None), entry.revision or 0
+
+
+async def all_tier_states(js: JetStreamContext) -> list[TierState]:
+    """Every tier's shared state, for `status`; none on a server no `publish` has shaped."""
+    try:
+        kv = await js.key_value(TIER_STATE_BUCKET)
+        keys = await kv.keys()
+    except (BucketNotFoundError, NoKeysError):
+        return []
+    states = [(await read_tier_state(kv, key))[0] for key in sorted(keys)]
+    return [state for state in states if state is not None]
 
 
 async def set_slot_cap(js: JetStreamContext, tier: str, cap: int, settings: Settings) -> None:

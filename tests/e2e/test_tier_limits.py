@@ -10,11 +10,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
 from daydream.stack import EmbeddedStack
 from shared.events import TierSpec
 from shared.settings import Settings
+from shared.tiers import TierState
+from shared.topology import all_tier_states
 from tests.e2e.conftest import nats_and_fake_llm
 from tests.e2e.harness import declare_tiers, evaluation_task, generation_task, publish_tasks, read_events
 
@@ -137,6 +140,9 @@ async def test_a_429_cools_the_whole_tier_down_while_other_tiers_go_on(tiers_sta
           f"{resumed:.2f} s; free calls meanwhile: {len(free_during)}")
     assert during == []
     assert free_during, "another tier is not held back by this tier's cooldown"
+    paid = next(state for state in await tier_states_now(tiers_stack) if state.tier == "paid")
+    print(f"paid cap after the 429: {paid.effective_cap} of {paid.max_concurrent}")
+    assert paid.effective_cap < paid.max_concurrent, "a 429 halves the tier's cap"
 
 
 async def test_a_refused_key_stops_the_tier_after_one_call(tiers_stack: EmbeddedStack) -> None:
@@ -168,6 +174,14 @@ async def test_a_killed_slot_holders_slot_comes_back_within_15_s(tiers_stack: Em
     print(f"slot of a kill -9'd holder back after {back_after:.1f} s")
     assert back_after <= 15
     start_replicas(tiers_stack, ("generator", "generator-2"))
+
+
+async def tier_states_now(stack: EmbeddedStack) -> list[TierState]:
+    nc = await nats.connect(stack.nats_url)
+    try:
+        return await all_tier_states(nc.jetstream())
+    finally:
+        await nc.close()
 
 
 def model_stats_or_empty(stack: EmbeddedStack, model: str) -> dict:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rich.console import Console
 
+from daydream.results_cmd import render_tiers
 from shared.llm import ErrorKind, LLMError, parse_rate_limit_reset, quota_exhausted
 from shared.tiers import (
     ADAPTIVE_HOLD_S,
@@ -92,3 +94,14 @@ def test_only_a_reset_beyond_the_horizon_is_a_used_up_quota() -> None:
     daily = quota_exhausted(limited(6 * 3600), NOW, 900)
     assert daily is not None and daily.kind is ErrorKind.QUOTA_EXHAUSTED and "2026-12-03 18:00 UTC" in daily.message
     assert quota_exhausted(LLMError(ErrorKind.SERVER_ERROR, "x", status=500), NOW, 900) is None
+
+
+def test_status_shows_each_tiers_cap_now_its_cooldown_and_a_stopped_circuit() -> None:
+    now = datetime.now(UTC)
+    cooling = after_rate_limit(state(tier="paid", changed_at=now - timedelta(minutes=1)), now, 30.0)
+    stopped = with_circuit_open(state(tier="free"), "auth", "the API key was refused", None)
+    console = Console(width=200, record=True)
+    console.print(render_tiers([cooling, stopped]))
+    text = console.export_text()
+    assert "2 / 4" in text and "cooling down" in text and "rate limited (429)" in text
+    assert "stopped: the API key was refused" in text
