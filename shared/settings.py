@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     tracker_lease_ttl_s: float = Field(default=8.0, gt=0)
     """A standby tracker takes over this long (plus a second) after the active one stopped renewing."""
 
+    experiment_gauges_keep_s: float = Field(default=3600.0, ge=0)
+    """How long a finished experiment keeps its `daydream_experiment_*` series on `/metrics`; after
+    that only the tables remember it, so Prometheus's series count stays bounded."""
+
     fake_llm_latency_s: float = 0.0
     """Seconds each simulated call takes when `daydream run` starts the fake LLM (no API key)."""
 
