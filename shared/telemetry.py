@@ -99,8 +99,9 @@ def inject(headers: dict[str, str]) -> dict[str, str]:
 
 
 def publish_span(subject: str):
-    """The span of a publish made without a broker (the CLI's): the root of an experiment's trace."""
-    if _tracer is None:
+    """The span of a publish made without a broker (the CLI's): the root of an experiment's trace.
+    It starts tracing in a process that has no broker to do so."""
+    if start() is None or _tracer is None:
         return nullcontext()
     from opentelemetry.trace import SpanKind
 
