@@ -119,11 +119,11 @@ async def traced_llm_call(
     parameters: CallParameters,
 ) -> CallRecord:
     """Run one chat completion inside a `chat <model>` span named and attributed as the GenAI
-    semantic conventions say, so trace viewers show model, tokens and finish reason. Only called
-    when `on()`."""
+    semantic conventions say, so trace viewers show model, tokens and finish reason."""
     from opentelemetry.trace import SpanKind, StatusCode
 
-    attributes = {
+    assert _tracer is not None, "traced_llm_call is only called when telemetry.on()"
+    attributes: dict[str, str | int | float] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": provider_name,
         "gen_ai.request.model": model,
