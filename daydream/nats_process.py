@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import nats
 
 from shared.nats_cluster import server_urls
@@ -128,6 +129,13 @@ class NatsServer:
         _wait_for_port(self.port, self.process, timeout_s)
         return self
 
+    def healthy(self) -> bool:
+        """The server's own health check: running and, in a cluster, current with the JetStream meta leader."""
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def kill(self) -> None:
         """SIGKILL: what a crash looks like."""
         if self.process and self.process.poll() is None:
@@ -171,9 +179,16 @@ class NatsCluster:
         return ",".join(node.url for node in self.nodes)
 
     def start(self, timeout_s: float = 60.0) -> NatsCluster:
+        """Every node up and current in the JetStream meta group: a leader elected by two nodes
+        before the third joined would refuse to place a three-replica stream."""
         for node in self.nodes:
             node.start()
-        wait_for_jetstream(self.url, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not all(node.healthy() for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the NATS cluster at {self.url} was not healthy within {timeout_s}s")
+            time.sleep(0.3)
+        wait_for_jetstream(self.url, max(deadline - time.monotonic(), 1.0))
         return self
 
     def kill(self, index: int) -> None:
