@@ -12,18 +12,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 import nats
+from nats.js import JetStreamContext
 
 from daydream.nats_process import NatsCluster, NatsServer, free_port
 from shared.events import TierSpec
 from shared.llm import endpoint_identity
 from shared.nats_cluster import server_urls
 from shared.settings import Settings
-from shared.topology import EVENTS_STREAM, TASKS_STREAM, ensure_topology
+from shared.topology import EVENTS_STREAM, TASKS_STREAM, ensure_streams, ensure_topology
 
 SERVICES = ("combiner", "generator", "evaluator", "parser", "tracker")
 STATE_FILE = "stack.json"
@@ -215,8 +217,13 @@ class EmbeddedStack:
         return self.nats.url
 
     def start_nats(self) -> None:
+        """On a cluster, every stream is created on all nodes here, before any service starts: five
+        services creating three-replica streams at once on a new cluster time out and exit."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.nats.start()
+        if isinstance(self.nats, NatsCluster):
+            settings = Settings(stream_replicas=len(self.nats.nodes))
+            self._on_jetstream(lambda js: ensure_streams(js, settings))
 
     def start_fake_llm(self, *extra_args: str) -> str:
         """The fake runs in its own process, like a real endpoint: no GIL shared with anyone."""
@@ -284,15 +291,17 @@ class EmbeddedStack:
 
     def declare_topology(self, settings: Settings, tiers: list[TierSpec] | tuple[TierSpec, ...]) -> None:
         """Consumers shaped to the experiment's tiers before the workers start, so they size themselves right."""
+        self._on_jetstream(lambda js: ensure_topology(js, settings, tiers))
 
-        async def declare() -> None:
+    def _on_jetstream(self, work: Callable[[JetStreamContext], Awaitable[None]]) -> None:
+        async def connected() -> None:
             nc = await nats.connect(server_urls(self.nats_url))
             try:
-                await ensure_topology(nc.jetstream(), settings, tiers)
+                await work(nc.jetstream())
             finally:
                 await nc.close()
 
-        asyncio.run(declare())
+        asyncio.run(connected())
 
     def dead_services(self) -> list[str]:
         return [name for name, process in self.processes.items() if process.poll() is not None]
