@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from daydream.nats_process import nats_server_binary
+from shared import telemetry
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,8 @@ COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 DAYDREAM_SERVICES = ("combiner", "generator", "evaluator", "parser", "tracker")
 SETTINGS_ALIASES = {"NATS_URL", "OPENROUTER_API_KEY"}
+OTEL_VARIABLES = set(telemetry.ENDPOINT_VARIABLES)
+"""Read by the OpenTelemetry SDK, not by Settings."""
 NATS_CONF = (REPO / "deploy" / "nats" / "nats.conf").read_text()
 ENV_EXAMPLE = (REPO / ".env.example").read_text()
 NO_HEALTHCHECK = {"nats-exporter": "its image is built FROM scratch: no shell, no wget, nothing to probe with"}
@@ -65,7 +68,7 @@ def test_every_service_runs_from_the_one_image() -> None:
 def test_service_environment_is_what_settings_reads(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     fields = {f"DAYDREAM_{field.upper()}" for field in Settings.model_fields}
     env = environment(name)
-    unknown = {var for var in env if var not in fields | SETTINGS_ALIASES}
+    unknown = {var for var in env if var not in fields | SETTINGS_ALIASES | OTEL_VARIABLES}
     assert not unknown, f"compose.yaml service {name}: {sorted(unknown)} are not fields of shared.settings.Settings"
 
     test_values = {var: f"test-{var.lower()}" for var in env_example_names() if var.endswith("_PASSWORD")}
@@ -265,7 +268,7 @@ def filled_env_example() -> dict[str, str]:
 
 
 def compose_config(tmp_path: Path, extra_env: dict[str, str]) -> dict:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("DAYDREAM_", "COMPOSE_"))},
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("DAYDREAM_", "COMPOSE_", "OTEL_"))},
            **filled_env_example(), **extra_env}
     result = subprocess.run([COMPOSE_BINARY, "--project-directory", str(REPO), "-f", str(REPO / "compose.yaml"),
                              "--env-file", os.devnull, "config", "--format", "json"],
@@ -290,6 +293,14 @@ def test_docker_compose_cluster_profile_runs_three_nodes_and_replicated_streams(
     assert {"nats", "nats-2", "nats-3"} <= set(services)
     assert services["nats"]["volumes"][2]["source"].endswith("deploy/nats/nats-cluster.conf")
     assert all(services[name]["environment"]["DAYDREAM_STREAM_REPLICAS"] == "3" for name in DAYDREAM_SERVICES)
+
+
+@needs_compose
+def test_tracing_is_off_in_compose_unless_an_endpoint_is_set(tmp_path: Path) -> None:
+    services = compose_config(tmp_path, {})["services"]
+    assert not any(telemetry.enabled(services[name]["environment"]) for name in DAYDREAM_SERVICES)
+    services = compose_config(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"})["services"]
+    assert all(telemetry.enabled(services[name]["environment"]) for name in DAYDREAM_SERVICES)
 
 
 @pytest.mark.parametrize("conf", ["nats.conf", "nats-cluster.conf"])
