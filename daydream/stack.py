@@ -1,5 +1,6 @@
-"""The embedded stack: a private nats-server, the five services as separate processes, and
-(with no API key) the fake LLM server — everything on loopback, state under the data dir."""
+"""The embedded stack: a private nats-server (or a cluster of them), the five services as separate
+processes, and (with no API key) the fake LLM server — everything on loopback, state under the
+data dir."""
 
 from __future__ import annotations
 
@@ -11,23 +12,26 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeGuard
 
 import httpx
 import nats
+from nats.js import JetStreamContext
 
-from daydream.nats_process import NatsServer, free_port
+from daydream.nats_process import NatsCluster, NatsServer, free_port
 from shared.events import TierSpec
 from shared.llm import endpoint_identity
 from shared.nats_cluster import server_urls
 from shared.settings import Settings
-from shared.topology import EVENTS_STREAM, TASKS_STREAM, ensure_topology
+from shared.topology import EVENTS_STREAM, TASKS_STREAM, ensure_streams, ensure_topology
 
 SERVICES = ("combiner", "generator", "evaluator", "parser", "tracker")
 STATE_FILE = "stack.json"
 LOCK_FILE = "stack.lock"
+NATS_PROCESS = "nats-server"
 
 
 def start_time(pid: int | None) -> int | None:
@@ -83,7 +87,8 @@ class StackState:
 
     @property
     def nats_port(self) -> int:
-        return int(self.nats_url.rsplit(":", 1)[1])
+        """The (first) server's port: a restarted single-server stack keeps its NATS URL."""
+        return int(self.nats_url.split(",")[0].rsplit(":", 1)[1])
 
     def gone(self) -> list[str]:
         """The processes of this stack that are no longer running."""
@@ -189,12 +194,18 @@ class EmbeddedStack:
     """Starts and stops the processes; each one can be killed and restarted on its own."""
 
     def __init__(self, data: Path, *, llm_base_url: str | None, fake_llm_latency: float | None = None,
-                 extra_env: dict[str, str] | None = None, lock: StackLock | None = None, nats_port: int = 0) -> None:
+                 extra_env: dict[str, str] | None = None, lock: StackLock | None = None, nats_port: int = 0,
+                 cluster_size: int = 1) -> None:
+        """`cluster_size` > 1 runs that many clustered nats-servers (stores under DIR/nats-cluster)
+        instead of one, and every stream and bucket is kept on all of them."""
         self.data = data.resolve()
         self.logs = self.data / "logs"
         self.lock_fds = lock.inherited() if lock else ()
-        self.nats = NatsServer(store_dir=self.data / "nats", log_file=self.logs / "nats-server.log",
-                               port=nats_port, pass_fds=self.lock_fds)
+        self.nats: NatsServer | NatsCluster = (
+            NatsCluster(self.data / "nats-cluster", cluster_size, pass_fds=self.lock_fds) if cluster_size > 1
+            else NatsServer(store_dir=self.data / "nats", log_file=self.logs / "nats-server.log",
+                            port=nats_port, pass_fds=self.lock_fds)
+        )
         self.llm_base_url = llm_base_url
         self.fake_llm_latency = fake_llm_latency
         self.extra_env = extra_env or {}
@@ -207,8 +218,13 @@ class EmbeddedStack:
         return self.nats.url
 
     def start_nats(self) -> None:
+        """On a cluster, every stream is created on all nodes here, before any service starts: five
+        services creating three-replica streams at once on a new cluster time out and exit."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.nats.start()
+        if isinstance(self.nats, NatsCluster):
+            settings = Settings(stream_replicas=len(self.nats.nodes))
+            self._on_jetstream(lambda js: ensure_streams(js, settings))
 
     def start_fake_llm(self, *extra_args: str) -> str:
         """The fake runs in its own process, like a real endpoint: no GIL shared with anyone."""
@@ -232,6 +248,7 @@ class EmbeddedStack:
             "DAYDREAM_DATA": str(self.data),
             "DAYDREAM_METRICS_HOST": "127.0.0.1",
             "DAYDREAM_METRICS_PORT": str(self.ports[name]),
+            "DAYDREAM_STREAM_REPLICAS": str(len(self.nats_nodes())),
         })
         env.pop("NATS_URL", None)
         env.update(self._endpoint_env())
@@ -275,15 +292,17 @@ class EmbeddedStack:
 
     def declare_topology(self, settings: Settings, tiers: list[TierSpec] | tuple[TierSpec, ...]) -> None:
         """Consumers shaped to the experiment's tiers before the workers start, so they size themselves right."""
+        self._on_jetstream(lambda js: ensure_topology(js, settings, tiers))
 
-        async def declare() -> None:
+    def _on_jetstream(self, work: Callable[[JetStreamContext], Awaitable[None]]) -> None:
+        async def connected() -> None:
             nc = await nats.connect(server_urls(self.nats_url))
             try:
-                await ensure_topology(nc.jetstream(), settings, tiers)
+                await work(nc.jetstream())
             finally:
                 await nc.close()
 
-        asyncio.run(declare())
+        asyncio.run(connected())
 
     def dead_services(self) -> list[str]:
         return [name for name, process in self.processes.items() if process.poll() is not None]
@@ -311,11 +330,15 @@ class EmbeddedStack:
         _terminate([self.fake_llm] if self.fake_llm else [])
         self.nats.stop()
 
+    def nats_nodes(self) -> dict[str, NatsServer]:
+        """Each nats-server by its name in DIR/stack.json: `nats-server`, or `nats-server-<i>` in a cluster."""
+        if isinstance(self.nats, NatsCluster):
+            return {f"{NATS_PROCESS}-{index}": node for index, node in enumerate(self.nats.nodes)}
+        return {NATS_PROCESS: self.nats}
+
     def state(self, owner_command: str = "run") -> StackState:
         """What is running now, each process by PID and start time, owned by this process."""
-        processes = {}
-        if self.nats.process:
-            processes["nats-server"] = identity(self.nats.process.pid)
+        processes = {name: identity(node.process.pid) for name, node in self.nats_nodes().items() if node.process}
         if self.fake_llm:
             processes["fake-llm"] = identity(self.fake_llm.pid)
         for name, process in self.processes.items():
@@ -343,9 +366,10 @@ def stop_detached(state: StackState) -> None:
     """`daydream down`: a stack's processes belong to no shell; each is signalled only while it is
     the very process recorded (PID and start time), in the order `EmbeddedStack.stop` uses. A
     `run` still owning its stack is asked first, so it stops its own and says how to resume."""
-    services = [p for name, p in state.processes.items() if name not in ("fake-llm", "nats-server")]
+    servers = [p for name, p in state.processes.items() if name.startswith(NATS_PROCESS)]
+    services = [p for name, p in state.processes.items() if name != "fake-llm" and not name.startswith(NATS_PROCESS)]
     owner = [state.owner] if state.owned_by_run() else []
-    for group in (owner, services, [state.processes.get("fake-llm")], [state.processes.get("nats-server")]):
+    for group in (owner, services, [state.processes.get("fake-llm")], servers):
         running = [process for process in group if _is_running(process)]
         for process in running:
             os.kill(process["pid"], signal.SIGTERM)

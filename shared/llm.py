@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from shared import telemetry
 from shared.events import CallParameters, CallRecord, ModelSpec, ProviderRouting, utcnow
 
 APP_TITLE = "DayDream"
@@ -326,6 +327,7 @@ class LLMClient:
         """`app_url` is sent to OpenRouter as `HTTP-Referer`, its app attribution. Whether the
         endpoint is OpenRouter is told by its host unless `openrouter` says (a stand-in for it)."""
         self.base_url = base_url.rstrip("/")
+        self._host = httpx.URL(self.base_url).host
         self.timeout_s = timeout_s
         # httpx logs every request at INFO: a log write per call costs ~0.6 ms of CPU (measured
         # here) and says nothing the request metrics do not.
@@ -369,6 +371,16 @@ class LLMClient:
         request_hash: str,
         replicate: int = 1,
     ) -> CallRecord:
+        if not telemetry.on():
+            return await self._complete(model, prompt, parameters, attempt, request_hash, replicate)
+        return await telemetry.traced_llm_call(
+            lambda: self._complete(model, prompt, parameters, attempt, request_hash, replicate),
+            model=model.model, provider_name="openrouter" if self.openrouter else "openai",
+            server=self._host, parameters=parameters,
+        )
+
+    async def _complete(self, model: ModelSpec, prompt: str, parameters: CallParameters, attempt: int,
+                        request_hash: str, replicate: int) -> CallRecord:
         body = request_body(model.model, prompt, parameters, self.openrouter, model.routing)
         started_at = utcnow()
         clock = time.perf_counter()

@@ -1,8 +1,10 @@
 """DayDream's Prometheus series, and the few calls services make to move them.
 
 Labels are bounded on purpose: stages, tiers, model ids, parsers, reasons and experiments,
-never task ids. Series a dashboard divides by or alerts on are created at zero as soon as a
-model is first used, so "no errors yet" reads as 0 rather than as an empty panel.
+never task ids; an experiment's series exist only while it runs and for a settable time after it
+finished (`ExperimentGauges`). Series a dashboard divides by or alerts on are created at zero as
+soon as a model is first used, so "no errors yet" reads as 0 rather than as an empty panel.
+No `_created` series: they double every counter's series and no panel reads them.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, make_asgi_app
 
 from shared.events import CallRecord, utcnow
 from shared.tiers import TierState
 from shared.topology import ConsumerSpec
 
 log = logging.getLogger(__name__)
+disable_created_metrics()
 
 ZERO_SERIES_ERROR_KINDS = ("rate_limited", "server_error", "timeout")
 """The transient error classes (shared.llm.ErrorKind) that dashboards and the alert single out;
@@ -41,7 +45,8 @@ LLM_REQUEST_DURATION = Histogram(
 )
 LLM_TOKENS = Counter(
     "daydream_llm_tokens_total",
-    "Tokens billed by the provider, by direction (prompt, completion, reasoning)",
+    "Tokens billed by the provider, by direction: prompt, completion (the answer's text) and "
+    "reasoning; the directions add up to the billed total",
     ["stage", "model", "direction"],
 )
 LLM_COST = Counter("daydream_llm_cost_usd_total", "Provider-reported cost in USD", ["stage", "model"])
@@ -126,7 +131,8 @@ def observe_llm_call(stage: str, model: str, tier: str, record: CallRecord) -> N
     LLM_REQUESTS.labels(stage, model, tier, "ok").inc()
     LLM_REQUEST_DURATION.labels(stage, model, tier).observe(record.latency_s)
     LLM_TOKENS.labels(stage, model, "prompt").inc(record.prompt_tokens)
-    LLM_TOKENS.labels(stage, model, "completion").inc(record.completion_tokens)
+    # Providers count reasoning inside completion_tokens; the series keep them apart so a sum is right.
+    LLM_TOKENS.labels(stage, model, "completion").inc(max(record.completion_tokens - record.reasoning_tokens, 0))
     LLM_TOKENS.labels(stage, model, "reasoning").inc(record.reasoning_tokens)
     LLM_COST.labels(stage, model).inc(record.cost_usd or 0.0)
 
@@ -165,6 +171,26 @@ def observe_tier_state(state: TierState) -> None:
 
 def set_experiment_cost(experiment_id: str, cost_usd: float) -> None:
     EXPERIMENT_COST.labels(experiment_id).set(cost_usd)
+
+
+class ExperimentGauges:
+    """Which experiments have `daydream_experiment_*` series: the running ones and those finished
+    less than `keep_s` ago. Without a bound every experiment ever run kept ~10 series for good."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+
+    def shown(self, experiment_id: str, finished_at: datetime | None, now: datetime) -> bool:
+        """False (and its series gone) once the experiment finished more than `keep_s` ago."""
+        if finished_at is None:
+            return True
+        if finished_at.tzinfo is None:  # SQLite hands back naive UTC
+            finished_at = finished_at.replace(tzinfo=UTC)
+        if (now - finished_at).total_seconds() <= self.keep_s:
+            return True
+        EXPERIMENT_TASKS.remove_by_labels({"experiment": experiment_id})
+        EXPERIMENT_COST.remove_by_labels({"experiment": experiment_id})
+        return False
 
 
 def record_consumer_info(info: ConsumerInfo) -> None:

@@ -19,7 +19,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js import JetStreamContext
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from shared import metrics
+from shared import metrics, telemetry
 from shared.events import TASK_CREATED_PREFIX, Event, NewerSchema, TaskFailed, parse_event
 from shared.lifecycle import BackgroundTasks
 from shared.nats_cluster import TRANSIENT_NATS_ERRORS, cluster_retry_delay_s, server_urls
@@ -38,7 +38,7 @@ def make_broker(settings: Settings) -> NatsBroker:
     """Per-message "received/processed" lines go to DEBUG: at INFO they cost more than the work."""
     return NatsBroker(
         server_urls(settings.nats_url),
-        middlewares=[metrics.faststream_prometheus_middleware()],
+        middlewares=[metrics.faststream_prometheus_middleware(), *telemetry.broker_middlewares()],
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         logger=log,
@@ -130,9 +130,12 @@ async def publish(broker: NatsBroker, event: Event) -> None:
 
 async def publish_from_client(js: JetStreamContext, event: Event, *, msg_id: str | None = None) -> None:
     """The CLI's way to publish, without a FastStream broker; `msg_id` overrides the event's own
-    id only when a repeat must get through the dedup window (a rerun)."""
-    await js.publish(event.subject_name(), event.model_dump_json().encode(),
-                     headers={"Nats-Msg-Id": msg_id or event.message_id()}, stream=stream_for(event.subject_name()))
+    id only when a repeat must get through the dedup window (a rerun). With tracing on, the
+    publish starts the experiment's trace."""
+    with telemetry.publish_span(event.subject_name()):
+        headers = telemetry.inject({"Nats-Msg-Id": msg_id or event.message_id()})
+        await js.publish(event.subject_name(), event.model_dump_json().encode(), headers=headers,
+                         stream=stream_for(event.subject_name()))
 
 
 def stream_for(subject: str) -> str:

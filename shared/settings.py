@@ -5,16 +5,22 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+SECRETS_DIR = Path("/run/secrets")
+"""Where Docker mounts compose secrets: a file named like a setting (`openrouter_api_key`) sets it."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DAYDREAM_", env_file=".env", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix="DAYDREAM_", env_file=".env", extra="ignore", env_ignore_empty=True,
+        secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None,
+    )
     """An empty value counts as unset: `.env.example` ships `OPENROUTER_API_KEY=`, and copying it
-    must keep the demo on the fake LLM rather than call OpenRouter with an empty key."""
+    must keep the demo on the fake LLM rather than call OpenRouter with an empty key. The secrets
+    directory is only named where it exists, since pydantic-settings warns about a missing one."""
 
     data: Path = Path("data")
     nats_url: str = Field(
@@ -74,12 +80,22 @@ class Settings(BaseSettings):
     tracker_lease_ttl_s: float = Field(default=8.0, gt=0)
     """A standby tracker takes over this long (plus a second) after the active one stopped renewing."""
 
+    experiment_gauges_keep_s: float = Field(default=3600.0, ge=0)
+    """How long a finished experiment keeps its `daydream_experiment_*` series on `/metrics`; after
+    that only the tables remember it, so Prometheus's series count stays bounded."""
+
     fake_llm_latency_s: float = 0.0
     """Seconds each simulated call takes when `daydream run` starts the fake LLM (no API key)."""
 
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
     log_level: str = "INFO"
+
+    @field_validator("llm_api_key", mode="before")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: object) -> object:
+        """Compose mounts an empty secret file when OPENROUTER_API_KEY is unset; that is no key."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data / 'daydream.db').resolve()}"

@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -104,10 +104,15 @@ async def publish_progress() -> None:
     """Experiment progress gauges for dashboards, refreshed from the tables. Later activity moves a
     finished experiment's `finished_at` and reopening clears it, so after a first pass over every
     experiment only the unfinished ones and those whose `finished_at` changed are recomputed:
-    recomputing the whole history every 2 s blocked the event loop."""
+    recomputing the whole history every 2 s blocked the event loop. Experiments finished longer
+    ago than `experiment_gauges_keep_s` lose their series and are not recomputed at all."""
     published: dict[str, datetime | None] = {}
+    gauges = metrics.ExperimentGauges(settings.experiment_gauges_keep_s)
     while True:
+        now = datetime.now(UTC)
         for experiment_id, finished_at in tracker().finished_at_by_experiment().items():
+            if not gauges.shown(experiment_id, finished_at, now):
+                continue
             if finished_at is not None and published.get(experiment_id) == finished_at:
                 continue
             progress = tracker().progress(experiment_id)

@@ -10,13 +10,14 @@ from collections.abc import Iterator, Sequence
 import nats
 import pytest
 
+from daydream.nats_process import NatsCluster, wait_for_jetstream
 from services.llm_worker.response_store import ResponseStore
 from shared.events import DEFAULT_TIERS, TaskCreated
 from shared.nats_cluster import server_urls
 from shared.service import publish_from_client
 from shared.settings import Settings
 from shared.topology import TASKS_STREAM, ensure_topology, stream_configs
-from tests.e2e.cluster import NatsCluster, stream_leader, wait_for_jetstream
+from tests.e2e.cluster import stream_leader
 from tests.e2e.harness import generation_task
 
 pytestmark = pytest.mark.e2e

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from daydream.nats_process import NatsCluster
 from daydream.publish_cmd import publish_experiment
 from daydream.stack import EmbeddedStack
 from services.tracker.db import make_engine
@@ -33,7 +34,7 @@ from tests.e2e.chaos import (
     wait_until,
     write_raw,
 )
-from tests.e2e.cluster import NatsCluster, start_replica, stream_leader
+from tests.e2e.cluster import start_replica, stream_leader
 from tests.e2e.conftest import FAST_RETRIES
 
 pytestmark = pytest.mark.e2e
@@ -46,26 +47,6 @@ EVALUATIONS = GENERATIONS * 2 * len(JUDGES)
 """20 combos x 5 writers = 100 generations, x 2 templates x 4 judges = 800 evaluations: 900 calls."""
 REPLICATED = ("combiner", "generator", "evaluator", "parser", "tracker")
 LEASE_TTL_S = 4.0
-
-
-class ClusterStack(EmbeddedStack):
-    """The embedded stack with a three-node cluster in place of its single nats-server."""
-
-    def __init__(self, data: Path, cluster: NatsCluster, **kwargs) -> None:
-        super().__init__(data, **kwargs)
-        self.cluster = cluster
-
-    @property
-    def nats_url(self) -> str:
-        return self.cluster.url
-
-    def start_nats(self) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.cluster.start()
-
-    def stop(self) -> None:
-        self.nats = self.cluster  # type: ignore[assignment]  # EmbeddedStack.stop ends with self.nats.stop()
-        super().stop()
 
 
 async def active_tracker_pid(url: str) -> int:
@@ -101,10 +82,11 @@ def test_a_cluster_loses_nothing_when_a_node_a_worker_and_the_tracker_die(tmp_pa
     data = tmp_path / "data"
     write_raw(data, WRITERS + JUDGES, tier_cap=8)
     spec = prepare(data, EXPERIMENT)
-    cluster = NatsCluster(tmp_path / "cluster")
-    env = {**FAST_RETRIES, "DAYDREAM_ACK_WAIT_S": str(ACK_WAIT_S), "DAYDREAM_STREAM_REPLICAS": "3",
+    env = {**FAST_RETRIES, "DAYDREAM_ACK_WAIT_S": str(ACK_WAIT_S),
            "DAYDREAM_DATABASE_URL": postgres_url, "DAYDREAM_TRACKER_LEASE_TTL_S": str(LEASE_TTL_S)}
-    stack = ClusterStack(data, cluster, llm_base_url=None, fake_llm_latency=0.05, extra_env=env)
+    stack = EmbeddedStack(data, llm_base_url=None, fake_llm_latency=0.05, extra_env=env, cluster_size=3)
+    cluster = stack.nats
+    assert isinstance(cluster, NatsCluster)
     kills: dict[str, int] = {}
     started = time.monotonic()
     try:

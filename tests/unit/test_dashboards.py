@@ -63,7 +63,8 @@ def data_panels(dashboard: dict) -> list[dict]:
 
 
 def alert_rules() -> list[dict]:
-    return [rule for path in ALERT_RULES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+    return [rule for path in ALERT_RULES for group in yaml.safe_load(path.read_text()).get("groups", [])
+            for rule in group["rules"]]
 
 
 def alert_exprs() -> list[str]:
@@ -145,6 +146,16 @@ def test_an_alert_fires_above_five_percent_task_failures() -> None:
     conditions = [query["model"] for rule in failure_rules for query in rule["data"] if query["refId"] == rule["condition"]]
     evaluators = [c["evaluator"] for model in conditions if model.get("type") == "threshold" for c in model["conditions"]]
     assert {"type": "gt", "params": [0.05]} in evaluators
+
+
+def test_the_alert_is_sent_to_a_provisioned_contact_point() -> None:
+    """An alert with no contact point only shows in Grafana's UI, where nobody is looking."""
+    provisioned = [yaml.safe_load(path.read_text()) for path in ALERT_RULES]
+    receivers = {point["name"]: point["receivers"] for doc in provisioned for point in doc.get("contactPoints", [])}
+    policies = [policy for doc in provisioned for policy in doc.get("policies", [])]
+    assert policies and all(policy["receiver"] in receivers for policy in policies)
+    for receiver in receivers[policies[0]["receiver"]]:
+        assert receiver["type"] == "webhook" and receiver["settings"]["url"].startswith("$")
 
 
 def test_alert_rules_point_at_the_provisioned_datasource() -> None:
