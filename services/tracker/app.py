@@ -7,21 +7,14 @@ from functools import cache
 from faststream.nats import NatsMessage
 from nats.js.errors import NotFoundError
 
+from services.tracker.batches import BatchConsumer
 from services.tracker.db import make_engine
 from services.tracker.dead_letters import DEAD_LETTER_STAGE, MaxDeliveriesAdvisory, record_dead_letter
 from services.tracker.lease import Lease
-from services.tracker.recorder import Tracker
+from services.tracker.recorder import RECORDERS, Tracker
 from shared import metrics
-from shared.events import (
-    EvaluationDone,
-    EvaluationScored,
-    ExperimentPlanned,
-    ExperimentRequested,
-    GenerationDone,
-    TaskFailed,
-)
 from shared.lifecycle import BackgroundTasks
-from shared.service import decode, jetstream, make_app, make_broker, subscribe
+from shared.service import CONSUMER_POLL_INTERVAL_S, decode, jetstream, make_app, make_broker, subscribe
 from shared.settings import get_settings
 from shared.topology import (
     DEAD_LETTER_CONSUMER,
@@ -42,26 +35,13 @@ def tracker() -> Tracker:
 
 
 lease: list[Lease] = []
+writing = asyncio.Lock()
+"""Held while the database is written: the batch writer and the dead-letter handler take turns."""
 
-RECORDERS_BY_EVENT = {
-    ExperimentRequested: Tracker.record_requested,
-    ExperimentPlanned: Tracker.record_planned,
-    GenerationDone: Tracker.record_generation,
-    EvaluationDone: Tracker.record_evaluation,
-    EvaluationScored: Tracker.record_score,
-    TaskFailed: Tracker.record_failure,
-}
-RECORDERS_BY_SUBJECT = {event_type.subject: (event_type, record) for event_type, record in RECORDERS_BY_EVENT.items()}
-RECORDERS = {durable: RECORDERS_BY_SUBJECT[subject] for durable, subject in TRACKER_SUBJECTS.items()}
+EVENTS_BY_SUBJECT = {event_type.subject: event_type for event_type in RECORDERS}
+EVENTS_BY_READER = {durable: EVENTS_BY_SUBJECT[subject] for durable, subject in TRACKER_SUBJECTS.items()}
 """Keyed by the durable names `shared.topology` declares, so they are spelled in one place; a
-subject there without a recorder here fails at import."""
-
-
-def recorder_for(event_type, record):
-    async def handle(msg: NatsMessage) -> None:
-        record(tracker(), await decode(broker, msg, event_type, stage="tracking"))
-
-    return handle
+subject there without a recorder fails at import."""
 
 
 class StoredTasks:
@@ -82,20 +62,21 @@ class StoredTasks:
 
 async def handle_dead_letter(msg: NatsMessage) -> None:
     advisory = await decode(broker, msg, MaxDeliveriesAdvisory, stage=DEAD_LETTER_STAGE)
-    await record_dead_letter(advisory, StoredTasks(broker.config.connection_state.stream), tracker().record_failure)
+    async with writing:  # one failure, rare: recorded on the loop, never beside a batch
+        await record_dead_letter(advisory, StoredTasks(broker.config.connection_state.stream), tracker().record_failure)
 
 
 async def publish_progress() -> None:
     """Experiment progress gauges for dashboards, refreshed from the tables. Later activity moves a
     finished experiment's `finished_at` and reopening clears it, so after a first pass over every
     experiment only the unfinished ones and those whose `finished_at` changed are recomputed:
-    recomputing the whole history every 2 s blocked the event loop."""
+    recomputing the whole history every 2 s blocked the event loop; the queries run in a thread."""
     published: dict[str, datetime | None] = {}
     while True:
-        for experiment_id, finished_at in tracker().finished_at_by_experiment().items():
+        for experiment_id, finished_at in (await asyncio.to_thread(tracker().finished_at_by_experiment)).items():
             if finished_at is not None and published.get(experiment_id) == finished_at:
                 continue
-            progress = tracker().progress(experiment_id)
+            progress = await asyncio.to_thread(tracker().progress, experiment_id)
             for stage, state in progress.stages.items():
                 metrics.set_experiment_progress(experiment_id, stage, state.planned or 0, state.done,
                                                 state.failed + state.skipped)
@@ -111,8 +92,12 @@ async def startup() -> None:
     await lease[0].acquire()  # a standby waits here, reading nothing, until the active tracker is gone
     background.start(lease[0].keep())
     tracker().reconcile_csvs()
-    for durable, (event_type, record) in RECORDERS.items():
-        subscribe(broker, find_reader(settings, durable), recorder_for(event_type, record))
+    consumer = BatchConsumer(broker, js, tracker().record_batch, writing)
+    readers = [find_reader(settings, durable) for durable in EVENTS_BY_READER]
+    for reader in readers:
+        background.start(consumer.read(reader, EVENTS_BY_READER[reader.durable]))
+    background.start(consumer.write())
+    background.start(metrics.poll_consumers(js, readers, CONSUMER_POLL_INTERVAL_S))
     subscribe(broker, find_reader(settings, DEAD_LETTER_CONSUMER), handle_dead_letter)
     background.start(publish_progress())
 
