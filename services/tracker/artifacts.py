@@ -202,8 +202,8 @@ def write_result_files(layout: Layout, stage: str, task: TaskCreated, call: Call
     }
     call_file = write_once(layout.responses_dir(stage), names(".json"), to_json(record))
     return ResultFiles(
-        prompt_path=record["prompt_path"],
-        response_path=record["response_path"],
+        prompt_path=layout.relative(prompt),
+        response_path=layout.relative(response),
         call_path=layout.relative(call_file),
         prompt_chars=len(task.prompt),
     )

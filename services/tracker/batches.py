@@ -83,7 +83,7 @@ class BatchConsumer:
         decoded: list[tuple[Any, Msg]] = []
         for event_type, message in batch:
             try:
-                event = await decode(self.broker, cast(NatsMessage, _Received(message.data, message)), event_type,
+                event: Any = await decode(self.broker, cast(NatsMessage, _Received(message.data, message)), event_type,
                                      stage="tracking")
             except RejectMessage:
                 await message.term()  # recorded as a poison message by `decode`

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, update
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, SQLModel, col, select
 
 from services.tracker.artifacts import (
     CsvHeaderMismatch,
@@ -84,7 +84,7 @@ PENDING_CONDITIONS = StageRegistry(
     evaluation=(
         EvaluationResult.has_response == True,  # noqa: E712
         EvaluationResult.has_score == True,  # noqa: E712
-        EvaluationResult.generation_model.is_not(None),
+        col(EvaluationResult.generation_model).is_not(None),
     ),
 )
 
@@ -151,7 +151,7 @@ def pending_csv_rows(stage: str):
     return (
         select(table)
         .where(table.csv_appended == False, *PENDING_CONDITIONS[stage])  # noqa: E712
-        .order_by(table.finished_at, table.task_id)
+        .order_by(col(table.finished_at), col(table.task_id))
     )
 
 

@@ -119,7 +119,7 @@ class Tracker(Views):
 
 
 Recorded = ExperimentRequested | ExperimentPlanned | GenerationDone | EvaluationDone | EvaluationScored | TaskFailed
-RECORDERS: dict[type, Callable[[Tracker, Any], None]] = {
+RECORDERS: dict[type[Any], Callable[[Tracker, Any], None]] = {
     ExperimentRequested: Tracker.record_requested,
     ExperimentPlanned: Tracker.record_planned,
     GenerationDone: Tracker.record_generation,

@@ -29,7 +29,15 @@ from services.tracker.tables import (
     GenerationResult,
     LlmCall,
 )
-from shared.events import CallRecord, EvaluationScored, ExperimentPlanned, ExperimentRequested, TaskCreated, TaskFailed
+from shared.events import (
+    CallRecord,
+    EvaluationScored,
+    EvaluationTask,
+    ExperimentPlanned,
+    ExperimentRequested,
+    TaskCreated,
+    TaskFailed,
+)
 from shared.ids import COMBO_ID_VERSION
 
 
@@ -43,6 +51,7 @@ def as_utc(moment: datetime) -> datetime:
 PRELOAD_CHUNK = 500
 """Task ids per `IN` list: well under SQLite's and PostgreSQL's bound-parameter limits."""
 Row = TypeVar("Row", GenerationResult, EvaluationResult, LlmCall, Failure)
+Model = TypeVar("Model", bound=SQLModel)
 
 
 def _earliest(*moments: datetime | None) -> datetime | None:
@@ -56,7 +65,7 @@ class _Batch:
     `finished_at` is refreshed once, before the commit) and the CSV lines owed after it."""
 
     session: Session
-    found: dict[tuple[type, str, str], Any] = field(default_factory=dict)
+    found: dict[tuple[Any, str, str], Any] = field(default_factory=dict)
     """Result, call and failure rows by (table, experiment_id, task_id), None for none: looked up
     in bulk by `preload`, kept as the stores create them."""
     experiments: dict[str, Experiment] = field(default_factory=dict)
@@ -96,13 +105,13 @@ class Rows:
         for stage, lines in batch.lines.items():
             self.csv_log.append(stage, list(lines.values()))
 
-    def preload(self, keys: Iterable[tuple[type, str, str]]) -> None:
+    def preload(self, keys: Iterable[tuple[Any, str, str]]) -> None:
         """Looks up, inside the open batch, the rows of these (table, experiment_id, task_id) in a
         few statements, so its stores find them without a query each (one each cost more than the
         rest of the store)."""
         assert self._open is not None
         found, session = self._open.found, self._open.session
-        wanted: dict[tuple[type, str], set[str]] = defaultdict(set)
+        wanted: dict[tuple[Any, str], set[str]] = defaultdict(set)
         for table, experiment_id, task_id in keys:
             if (table, experiment_id, task_id) not in found:
                 wanted[table, experiment_id].add(task_id)
@@ -179,7 +188,7 @@ class Rows:
             named: list[EvaluationResult] = []
             if row is None or as_utc(call.finished_at) > row.finished_at:
                 before = complete_line("generation", row)
-                values = dict(
+                values: dict[str, Any] = dict(
                     experiment_id=task.experiment_id,
                     task_id=task.task_id,
                     combo_id=task.combo_id,
@@ -246,7 +255,7 @@ class Rows:
                 select(Failure).where(Failure.experiment_id == event.experiment_id, Failure.task_id == event.task_id)
             ).first()
             if row is None or failed_at > row.failed_at:
-                values = dict(
+                values: dict[str, Any] = dict(
                     experiment_id=event.experiment_id,
                     task_id=event.task_id,
                     stage=event.stage,
@@ -291,6 +300,8 @@ class Rows:
         row = self._result_row(session, EvaluationResult, task.experiment_id, task.task_id)
         if row is not None:
             return row
+        if not isinstance(task, EvaluationTask):
+            raise TypeError(f"{task.task_id} is a {task.stage} task, not an evaluation")
         generation = self._result_row(session, GenerationResult, task.experiment_id, task.generation_task_id)
         return self._kept(EvaluationResult(
             experiment_id=task.experiment_id,
@@ -318,7 +329,7 @@ class Rows:
             select(EvaluationResult).where(
                 EvaluationResult.experiment_id == generation.experiment_id,
                 EvaluationResult.generation_task_id == generation.task_id,
-                EvaluationResult.generation_model.is_(None),
+                col(EvaluationResult.generation_model).is_(None),
             )
         ).all()
         for evaluation in waiting:
@@ -333,7 +344,7 @@ class Rows:
             return row is not None and row.has_score and _verdict(row) == _verdict(event)
 
     def _store_call(self, session: Session, task: TaskCreated, call: CallRecord) -> None:
-        values = dict(
+        values: dict[str, Any] = dict(
             experiment_id=task.experiment_id,
             task_id=task.task_id,
             stage=task.stage,
@@ -371,7 +382,7 @@ class Rows:
         combo_ids = {mapping.combo_id for mapping in mappings}
         known = set(
             session.exec(
-                select(ComboMapping.combo_id, ComboMapping.concept_id).where(ComboMapping.combo_id.in_(combo_ids))
+                select(ComboMapping.combo_id, ComboMapping.concept_id).where(col(ComboMapping.combo_id).in_(combo_ids))
             ).all()
         )
         for mapping in mappings:
@@ -380,7 +391,7 @@ class Rows:
                 session.add(mapping)
 
 
-def rows_looked_up(event: object) -> list[tuple[type, str, str]]:
+def rows_looked_up(event: object) -> list[tuple[Any, str, str]]:
     """The (table, experiment_id, task_id) an event's store looks up, for `Rows.preload`."""
     if isinstance(event, TaskFailed):
         return [(table, event.experiment_id, event.task_id) for table in (Failure, GenerationResult, EvaluationResult)]
@@ -414,7 +425,7 @@ def _call_values(call: CallRecord, files: ResultFiles) -> dict[str, Any]:
     )
 
 
-def _assign(row: SQLModel, values: dict[str, Any]) -> SQLModel:
+def _assign(row: Model, values: dict[str, Any]) -> Model:
     for name, value in values.items():
         setattr(row, name, value)
     return row
