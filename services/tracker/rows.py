@@ -200,7 +200,7 @@ class Rows:
                     status="done",
                     **_call_values(call, files),
                 )
-                row = self._kept(_assign(row or GenerationResult(**values), values))
+                row = self._kept(GenerationResult(**values) if row is None else _assign(row, values))
                 revise("generation", row, before)
                 session.add(row)
                 self._store_call(session, task, call)
@@ -268,7 +268,7 @@ class Rows:
                     failed_at=failed_at,
                     failure_path=failure_path,
                 )
-                row = self._kept(_assign(row or Failure(**values), values))
+                row = self._kept(Failure(**values) if row is None else _assign(row, values))
             row.resolved = self._succeeded(session, event.experiment_id, event.task_id)
             session.add(row)
             self._touched(experiment)
@@ -356,7 +356,7 @@ class Rows:
             finished_at=as_utc(call.finished_at),
         )
         row = self._result_row(session, LlmCall, task.experiment_id, task.task_id)
-        session.add(self._kept(_assign(row or LlmCall(**values), values)))
+        session.add(self._kept(LlmCall(**values) if row is None else _assign(row, values)))
 
     def _after_success(
         self, session: Session, experiment_id: str, task_id: str, started_at: datetime | None
