@@ -24,16 +24,21 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from services.tracker.artifacts import write_csv
 from services.tracker.tables import ComboMapping, EvaluationResult, Experiment, GenerationResult
 
+ScoreRow = Row[Any]
+"""One scored evaluation's parsed-scores columns (`evaluation_rows`), read by attribute name."""
 NINE_POINT_SCALE = 9
 HIGH_SCORE = 7
 LOW_SCORE = 3
@@ -97,7 +102,7 @@ def on_nine_point_scale(value: float, max_score: int | None) -> float:
     return value * NINE_POINT_SCALE / (max_score or NINE_POINT_SCALE)
 
 
-def _scale(row: EvaluationResult) -> tuple[str, int | None]:
+def _scale(row: ScoreRow) -> tuple[str, int | None]:
     return row.evaluation_template_id, row.max_score
 
 
@@ -113,14 +118,15 @@ def latest_experiment_id(engine: Engine) -> str | None:
         experiments = session.exec(select(Experiment.experiment_id, Experiment.requested_at)).all()
     if not experiments:
         return None
-    return max(experiments, key=lambda e: (e.requested_at is not None, e.requested_at, e.experiment_id)).experiment_id
+    latest_id, _ = max(experiments, key=lambda e: (e[1] is not None, e[1], e[0]))
+    return latest_id
 
 
-def evaluation_rows(engine: Engine, experiment_id: str | None) -> list[EvaluationResult]:
+def evaluation_rows(engine: Engine, experiment_id: str | None) -> list[ScoreRow]:
     """Scored evaluations (parse errors included) of one experiment, or of all when id is None.
     Plain rows of the parsed-scores columns (every summary reads only those), read like
     `EvaluationResult`s: loading 64,000 whole ORM objects took 12 s."""
-    table = EvaluationResult.__table__
+    table = sa_inspect(EvaluationResult).local_table
     query = sa_select(*(table.c[column] for column in PARSED_SCORES_COLUMNS)).where(table.c.has_score == True)  # noqa: E712
     if experiment_id is not None:
         query = query.where(table.c.experiment_id == experiment_id)
@@ -151,19 +157,23 @@ def describe(scores: list[float], max_score: int | None) -> dict[str, float | in
     }
 
 
-def final_results(rows: Iterable[EvaluationResult]) -> list[dict]:
+def final_results(rows: Iterable[ScoreRow]) -> list[dict]:
     """One long table: per scale (evaluation template and max_score), a block of rows per grouping,
     each row a group's statistics."""
-    by_scale: dict[tuple[str, int | None], list[EvaluationResult]] = defaultdict(list)
+    by_scale: dict[tuple[str, int | None], list[ScoreRow]] = defaultdict(list)
     for row in rows:
         if row.score is not None:
             by_scale[_scale(row)].append(row)
     table = []
     for (template, max_score), scored in sorted(by_scale.items(), key=lambda item: _scale_key(item[0])):
         for group_by, fields in GROUPINGS.items():
-            groups: dict[str, list[float]] = defaultdict(list)
+            key: Callable[[ScoreRow], object] = attrgetter(*fields) if fields else lambda row: ()
+            by_key: dict[object, list[float]] = defaultdict(list)
             for row in scored:
-                groups[" x ".join(getattr(row, field) for field in fields) or "all"].append(row.score)
+                by_key[key(row)].append(row.score)
+            groups: dict[str, list[float]] = defaultdict(list)
+            for value, scores in by_key.items():  # grouped by value first: joining per row cost seconds
+                groups[(" x ".join(value) if isinstance(value, tuple) else str(value)) or "all"].extend(scores)
             for group, scores in sorted(groups.items()):
                 table.append(
                     {
@@ -177,9 +187,9 @@ def final_results(rows: Iterable[EvaluationResult]) -> list[dict]:
     return table
 
 
-def generation_scores(rows: Iterable[EvaluationResult]) -> list[GenerationScore]:
+def generation_scores(rows: Iterable[ScoreRow]) -> list[GenerationScore]:
     """Per generation and scale, in generation order."""
-    grouped: dict[tuple[str, str, tuple[str, int]], list[EvaluationResult]] = defaultdict(list)
+    grouped: dict[tuple[str, str, tuple[str, int]], list[ScoreRow]] = defaultdict(list)
     for row in rows:
         if row.score is not None:
             grouped[row.experiment_id, row.generation_task_id, _scale_key(_scale(row))].append(row)
@@ -198,7 +208,7 @@ def generation_scores(rows: Iterable[EvaluationResult]) -> list[GenerationScore]
     ]
 
 
-def score_pivot(rows: Iterable[EvaluationResult]) -> tuple[list[str], list[dict]]:
+def score_pivot(rows: Iterable[ScoreRow]) -> tuple[list[str], list[dict]]:
     """A row per generation, a column `<evaluation template>__<evaluation model>` per judge setup,
     holding that setup's mean score for the generation (one setup is one scale)."""
     generations: dict[tuple[str, str], dict] = {}
@@ -207,7 +217,8 @@ def score_pivot(rows: Iterable[EvaluationResult]) -> tuple[list[str], list[dict]
         if row.score is None:
             continue
         key = (row.experiment_id, row.generation_task_id)
-        generations.setdefault(key, {column: getattr(row, column) for column in GENERATION_COLUMNS})
+        if key not in generations:
+            generations[key] = {column: getattr(row, column) for column in GENERATION_COLUMNS}
         cells[key][f"{row.evaluation_template_id}__{row.evaluation_model_id}"].append(row.score)
     judge_columns = sorted({column for generation in cells.values() for column in generation})
     table = [
@@ -226,7 +237,7 @@ def agreement_class(evaluators: int, score_range: float, max_score: int | None) 
     return "moderate" if nine_point_range <= MODERATE_AGREEMENT_RANGE else "low"
 
 
-def evaluator_agreement(rows: Iterable[EvaluationResult]) -> list[dict]:
+def evaluator_agreement(rows: Iterable[ScoreRow]) -> list[dict]:
     table = []
     for generation in generation_scores(rows):
         scores = generation.scores
@@ -274,7 +285,7 @@ def top_generations(engine: Engine, experiment_id: str | None, limit: int = 10) 
 
 def combo_concepts(engine: Engine, combo_ids: Iterable[str]) -> dict[str, list[str]]:
     with Session(engine) as session:
-        mappings = session.exec(select(ComboMapping).where(ComboMapping.combo_id.in_(set(combo_ids)))).all()
+        mappings = session.exec(select(ComboMapping).where(col(ComboMapping.combo_id).in_(set(combo_ids)))).all()
     concepts: dict[str, list[str]] = defaultdict(list)
     for mapping in mappings:
         concepts[mapping.combo_id].append(mapping.concept_id)
@@ -287,10 +298,10 @@ def generation_models(engine: Engine, generations: Iterable[GenerationScore]) ->
     with Session(engine) as session:
         rows = session.exec(
             select(GenerationResult.experiment_id, GenerationResult.task_id, GenerationResult.generation_model).where(
-                GenerationResult.experiment_id.in_({experiment for experiment, _ in keys})
+                col(GenerationResult.experiment_id).in_({experiment for experiment, _ in keys})
             )
         ).all()
-    return {(r.experiment_id, r.task_id): r.generation_model for r in rows if (r.experiment_id, r.task_id) in keys}
+    return {(experiment, task): model for experiment, task, model in rows if (experiment, task) in keys}
 
 
 def render_results_table(engine: Engine, experiment_id: str | None, limit: int = 10) -> Table:
