@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from operator import methodcaller
 from typing import Any, NamedTuple, cast
 
 from faststream.exceptions import RejectMessage
@@ -74,9 +75,11 @@ class BatchConsumer:
                 batch.append(self.arrived.get_nowait())
             try:
                 await self._record(batch)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # a stop: hand back this batch and what queued behind it at once
+                while not self.arrived.empty():
+                    batch.append(self.arrived.get_nowait())
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(_settle([message for _, message in batch], Msg.nak))
+                    await asyncio.shield(_settle([message for _, message in batch], methodcaller("nak")))
                 raise
 
     async def _record(self, batch: list[tuple[type, Msg]]) -> None:
@@ -98,7 +101,7 @@ class BatchConsumer:
                 log.exception("recording a batch of %d events failed; recording them one by one", len(decoded))
                 await self._record_one_by_one(decoded)
                 return
-        await _settle([message for _, message in decoded], Msg.ack)
+        await _settle([message for _, message in decoded], methodcaller("ack"))
 
     async def _record_one_by_one(self, decoded: list[tuple[Any, Msg]]) -> None:
         for event, message in decoded:

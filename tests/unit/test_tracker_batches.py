@@ -4,14 +4,20 @@ nothing behind that its redelivery would double."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from pathlib import Path
 
 import pytest
+from sqlmodel import Session, select
 
 from services.tracker import rows as rows_module
+from services.tracker.batches import BatchConsumer
 from services.tracker.db import make_engine
 from services.tracker.recorder import Tracker
+from services.tracker.tables import GenerationResult
+from shared.events import GenerationDone
 from tests.fakes import FakeExperiment, csv_keys, csv_lines, deliver, dump_tables
 
 
@@ -67,3 +73,56 @@ def test_a_batch_that_fails_half_way_is_rolled_back_and_its_redelivery_doubles_n
     tracker.record_batch(events)
     assert dump_tables(tracker.engine) == dump_tables(reference.engine)
     assert csv_keys(tmp_path / "crashed", "evaluation") == csv_keys(tmp_path / "reference", "evaluation")
+
+
+class FakeMessage:
+    """What the batch writer uses of a pulled JetStream message; records how it was settled and
+    whether its event's row was already committed when it was acked."""
+
+    def __init__(self, event, tracker: Tracker) -> None:
+        self.event, self.tracker = event, tracker
+        self.data, self.subject, self.metadata = event.model_dump_json().encode(), event.subject_name(), None
+        self.settled: list[str] = []
+        self.row_committed_at_ack: bool | None = None
+
+    async def ack(self) -> None:
+        with Session(self.tracker.engine) as session:
+            found = session.exec(select(GenerationResult).where(
+                GenerationResult.task_id == self.event.task.task_id)).first()
+        self.row_committed_at_ack = found is not None
+        self.settled.append("ack")
+
+    async def nak(self) -> None:
+        self.settled.append("nak")
+
+    async def term(self) -> None:
+        self.settled.append("term")
+
+
+async def write_until_settled(tracker: Tracker, record_batch, messages: list[FakeMessage]) -> None:
+    consumer = BatchConsumer(broker=None, js=None, record_batch=record_batch, writing=asyncio.Lock())
+    for message in messages:
+        consumer.arrived.put_nowait((GenerationDone, message))
+    writer = asyncio.create_task(consumer.write())
+    while not all(message.settled for message in messages):
+        await asyncio.sleep(0.01)
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
+
+
+async def test_a_batch_is_acked_only_once_committed_and_a_bad_event_is_handed_back_alone(tmp_path: Path) -> None:
+    tracker = make_tracker(tmp_path / "data")
+    fake = FakeExperiment()
+    unrecordable = fake.generations[1].task.task_id
+
+    def record_batch(events) -> None:
+        if any(event.task.task_id == unrecordable for event in events):
+            raise OSError("this one cannot be written")
+        tracker.record_batch(events)
+
+    messages = [FakeMessage(event, tracker) for event in fake.generations]
+    await write_until_settled(tracker, record_batch, messages)
+
+    assert [message.settled for message in messages] == [["ack"], ["nak"], ["ack"], ["ack"]]
+    assert [message.row_committed_at_ack for message in messages] == [True, None, True, True]
