@@ -8,7 +8,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, bindparam, case, func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from services.tracker.tables import EvaluationResult, Experiment, Failure, GenerationResult, LlmCall
 from shared.events import SKIPPED_TRUNCATED_GENERATION
@@ -122,7 +122,7 @@ def progress(session: Session, experiment_id: str) -> Progress:
             EvaluationResult.tier,
             _count_true(EvaluationResult.has_response),
             _count_true(EvaluationResult.has_score),
-            _count_true(and_(EvaluationResult.has_score, EvaluationResult.score.is_(None))),
+            _count_true(and_(col(EvaluationResult.has_score), col(EvaluationResult.score).is_(None))),
         )
         .where(EvaluationResult.experiment_id == experiment_id)
         .group_by(EvaluationResult.tier)
@@ -136,12 +136,12 @@ def progress(session: Session, experiment_id: str) -> Progress:
     failures = session.exec(
         select(Failure.stage, Failure.tier, Failure.reason, func.count())
         .where(Failure.experiment_id == experiment_id, Failure.resolved == False)  # noqa: E712
-        .group_by(Failure.stage, Failure.tier, Failure.reason)
+        .group_by(col(Failure.stage), col(Failure.tier), col(Failure.reason))
     ).all()
     failures_by_reason: dict[str, int] = defaultdict(int)
     failed_by_stage: dict[str, int] = defaultdict(int)
     skipped_by_choice = 0  # evaluations of truncated generations left unjudged; the fan-out records each
-    for stage, tier, reason, count in failures:
+    for stage, failed_tier, reason, count in failures:
         failures_by_reason[reason] += count
         if stage not in PROGRESS_STAGES:
             continue
@@ -149,8 +149,8 @@ def progress(session: Session, experiment_id: str) -> Progress:
             skipped_by_choice += count
         else:
             failed_by_stage[stage] += count
-            failed[stage, tier or "?"] += count
-    planning_error = session.exec(
+            failed[stage, failed_tier or "?"] += count
+    planning_error: str | None = session.exec(
         select(Failure.message).where(Failure.experiment_id == experiment_id, Failure.stage == "planning",
                                       Failure.resolved == False)  # noqa: E712
     ).first()
@@ -159,14 +159,14 @@ def progress(session: Session, experiment_id: str) -> Progress:
         select(
             func.coalesce(func.sum(LlmCall.prompt_tokens), 0),
             func.coalesce(func.sum(LlmCall.completion_tokens), 0),
-            func.coalesce(func.sum(case((LlmCall.cached == False, LlmCall.cost_usd), else_=0.0)), 0.0),  # noqa: E712
-            func.coalesce(func.sum(case((LlmCall.cached == True, LlmCall.cost_usd), else_=0.0)), 0.0),  # noqa: E712
+            func.coalesce(func.sum(case((col(LlmCall.cached) == False, col(LlmCall.cost_usd)), else_=0.0)), 0.0),  # noqa: E712
+            func.coalesce(func.sum(case((col(LlmCall.cached) == True, col(LlmCall.cost_usd)), else_=0.0)), 0.0),  # noqa: E712
         ).where(LlmCall.experiment_id == experiment_id)
     ).one()
 
     generations_planned = experiment.generation_tasks_planned
     evaluations_planned = experiment.evaluation_tasks_planned
-    evaluations_per_generation = evaluations_planned // generations_planned if generations_planned else 0
+    evaluations_per_generation = (evaluations_planned or 0) // generations_planned if generations_planned else 0
     skipped = failed_by_stage["generation"] * evaluations_per_generation + skipped_by_choice
     stages = {
         "generation": StageProgress(
