@@ -2,7 +2,7 @@
 directory and time every 1,000 LLM calls recorded. It isolates the service that `overhead.py`
 finds hottest, so a change to it can be judged in seconds.
 
-    uv run python bench/tracker_replay.py [--generations 500] [--cprofile]
+    uv run python bench/tracker_replay.py [--generations 500] [--batch 64] [--cprofile]
 """
 
 from __future__ import annotations
@@ -35,26 +35,34 @@ def call_for(task: TaskCreated, text: str) -> CallRecord:
                       finished_at=started + timedelta(milliseconds=5))
 
 
-def replay(tracker: Tracker, spec, bucket: int) -> list[float]:
+def replay(tracker: Tracker, spec, bucket: int, batch: int) -> list[float]:
     """Events in the order the live stack produces them: each generation, then its judges' answers
-    and scores. Returns wall seconds per `bucket` LLM calls recorded."""
+    and scores, recorded `batch` events per transaction as the tracker's batch loop does under
+    load (1: one event per transaction). Returns wall seconds per `bucket` LLM calls recorded."""
     tracker.record_requested(ExperimentRequested(spec=spec))
     planned, tasks = plan_experiment(spec)
     tracker.record_planned(planned)
-    times, calls, started = [], 0, time.perf_counter()
+    times, calls, started, pending = [], 0, time.perf_counter(), []
+
+    def record(*events) -> None:
+        pending.extend(events)
+        if len(pending) >= batch:
+            tracker.record_batch(pending)
+            pending.clear()
+
     for task in tasks:
         generated = GenerationDone(task=task, call=call_for(task, f"An essay for {task.task_id}.\n" * 20))
-        tracker.record_generation(generated)
+        record(generated)
         calls += 1
         for judge in evaluation_tasks(task, generated.call.text, truncated=False):
             answered = EvaluationDone(task=judge, call=call_for(judge, f"Judging {judge.task_id}.\nSCORE: 6"))
-            tracker.record_evaluation(answered)
-            tracker.record_score(score_evaluation(answered))
+            record(answered, score_evaluation(answered))
             calls += 1
             if calls % bucket == 0:
                 now = time.perf_counter()
                 times.append(round(now - started, 2))
                 started = now
+    tracker.record_batch(pending)
     return times
 
 
@@ -62,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generations", type=int, default=500)
     parser.add_argument("--bucket", type=int, default=500, help="report seconds per this many calls")
+    parser.add_argument("--batch", type=int, default=64, help="events per transaction (1: one per event)")
     parser.add_argument("--cprofile", action="store_true", help="print the top functions by cumulative time")
     args = parser.parse_args()
     spec = spec_for_generations("replay", args.generations, TIER)
@@ -70,23 +79,25 @@ def main() -> None:
     try:
         tracker = Tracker(data, make_engine(f"sqlite:///{data / 'daydream.db'}"))
         profiler = cProfile.Profile() if args.cprofile else None
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
-        buckets = replay(tracker, spec, args.bucket)
+        buckets = replay(tracker, spec, args.bucket, args.batch)
         if profiler:
             profiler.disable()
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         finished = tracker.progress("replay").finished
     finally:
         shutil.rmtree(data, ignore_errors=True)
     calls = sum(planned_calls(spec))
-    result = {"benchmark": "tracker_replay", "machine": host, "llm_calls": calls, "finished": finished,
+    result = {"benchmark": "tracker_replay", "machine": host, "llm_calls": calls, "batch": args.batch, "finished": finished,
               "wall_s": round(wall, 2), "ms_per_call": round(1000 * wall / calls, 2),
+              "cpu_ms_per_call": round(1000 * cpu / calls, 2),
               f"seconds_per_{args.bucket}_calls": buckets}
     report("tracker_replay", result, [
         ("LLM calls recorded", str(calls)),
         ("ms per call", f"{1000 * wall / calls:.2f}"),
+        ("CPU ms per call (user + sys)", f"{1000 * cpu / calls:.2f}"),
         (f"s per {args.bucket} calls: first / last", f"{buckets[0]} / {buckets[-1]}" if buckets else "-"),
     ])
     if profiler:

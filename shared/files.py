@@ -11,24 +11,26 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: Path, content: bytes) -> None:
+def atomic_write_bytes(path: Path, content: bytes, *, fsync: bool = True) -> None:
     """Readers see the old file or the new one, never half of one; fsync so a crash after the
-    rename cannot leave an empty file under the new name."""
+    rename cannot leave an empty file under the new name. `fsync=False` is for a caller that
+    makes many files durable at once (the tracker, once per batch)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())
+            if fsync:
+                stream.flush()
+                os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, content: str) -> None:
-    atomic_write_bytes(path, content.encode("utf-8"))
+def atomic_write_text(path: Path, content: str, *, fsync: bool = True) -> None:
+    atomic_write_bytes(path, content.encode("utf-8"), fsync=fsync)
 
 
 def csv_text(

@@ -15,7 +15,6 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from services.llm_worker.tier_control import TierStopped
-from services.tracker.app import RECORDERS_BY_EVENT
 from services.tracker.artifacts import read_csv_rows
 from services.tracker.recorder import Tracker
 from services.tracker.tables import (
@@ -216,7 +215,7 @@ class FakeExperiment:
 
 def deliver(tracker: Tracker, event: Event) -> None:
     """What the tracker's app does with a decoded event, without a broker."""
-    RECORDERS_BY_EVENT[type(event)](tracker, event)
+    tracker.record(event)
 
 
 def dump_tables(engine: Engine, experiment_ids: set[str] | None = None) -> dict[str, list[dict]]:

@@ -22,10 +22,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, bindparam, update
 from sqlmodel import Session, SQLModel, col, select
 
 from services.tracker.artifacts import (
@@ -150,7 +151,7 @@ def pending_csv_rows(stage: str):
     return (
         select(table)
         .where(table.csv_appended == False, *PENDING_CONDITIONS[stage])  # noqa: E712
-        .order_by(col(table.finished_at), table.task_id)
+        .order_by(col(table.finished_at), col(table.task_id))
     )
 
 
@@ -162,6 +163,20 @@ def _upgraded(lines: Iterable[dict[str, str]], generation_models: dict[tuple[str
         revisions[key] += 1
         generation = (line["experiment_id"], line.get("generation_task_id", line["task_id"]))
         yield {"revision": revisions[key], "generation_model": generation_models.get(generation, ""), **line}
+
+
+@cache
+def _flag_appended(table):
+    """One statement for a whole batch of lines (executemany), built once per table."""
+    return (
+        update(table)
+        .where(
+            table.experiment_id == bindparam("line_experiment_id"),
+            table.task_id == bindparam("line_task_id"),
+            table.revision == bindparam("line_revision"),
+        )
+        .values(csv_appended=True)
+    )
 
 
 class CsvLog:
@@ -236,15 +251,9 @@ class CsvLog:
         if not lines:
             return
         append_csv_rows(self.layout.cross_experiment_csv(stage), CSV_COLUMNS[stage], lines)
-        table = RESULT_TABLES[stage]
         with self.engine.begin() as connection:
-            for line in lines:
-                connection.execute(
-                    update(table)
-                    .where(
-                        table.experiment_id == line["experiment_id"],
-                        table.task_id == line["task_id"],
-                        table.revision == line["revision"],
-                    )
-                    .values(csv_appended=True)
-                )
+            connection.execute(
+                _flag_appended(RESULT_TABLES[stage]),
+                [{"line_experiment_id": line["experiment_id"], "line_task_id": line["task_id"],
+                  "line_revision": line["revision"]} for line in lines],
+            )

@@ -57,9 +57,10 @@ class Progress(BaseModel):
 
 
 def refresh_finished(session: Session, experiment: Experiment) -> None:
-    """Keeps `finished_at` current inside the event's own transaction. The full progress runs only
-    when the experiment may have finished or had been marked finished: run after every event, it
-    alone cost a quarter of the tracker's time (bench/README.md)."""
+    """Keeps `finished_at` current inside the batch's own transaction, once per experiment the
+    batch touched. The full progress runs only when the experiment may have finished or had been
+    marked finished: run after every event, it alone cost a quarter of the tracker's time
+    (bench/README.md)."""
     session.flush()
     if experiment.finished_at is None and not _may_be_finished(session, experiment):
         return
@@ -82,7 +83,7 @@ _SCORED_AND_FAILED = select(
     .where(Failure.experiment_id == bindparam("experiment_id"), Failure.resolved == False)  # noqa: E712
     .scalar_subquery(),
 )
-"""Run after every write; built once, as building it cost more than running it."""
+"""Run after every batch; built once, as building it cost more than running it."""
 
 
 def _may_be_finished(session: Session, experiment: Experiment) -> bool:
@@ -135,7 +136,7 @@ def progress(session: Session, experiment_id: str) -> Progress:
     failures = session.exec(
         select(Failure.stage, Failure.tier, Failure.reason, func.count())
         .where(Failure.experiment_id == experiment_id, Failure.resolved == False)  # noqa: E712
-        .group_by(Failure.stage, col(Failure.tier), Failure.reason)
+        .group_by(col(Failure.stage), col(Failure.tier), col(Failure.reason))
     ).all()
     failures_by_reason: dict[str, int] = defaultdict(int)
     failed_by_stage: dict[str, int] = defaultdict(int)
@@ -149,7 +150,7 @@ def progress(session: Session, experiment_id: str) -> Progress:
         else:
             failed_by_stage[stage] += count
             failed[stage, failed_tier or "?"] += count
-    planning_error = session.exec(
+    planning_error: str | None = session.exec(
         select(Failure.message).where(Failure.experiment_id == experiment_id, Failure.stage == "planning",
                                       Failure.resolved == False)  # noqa: E712
     ).first()

@@ -9,15 +9,15 @@ permission denied) becomes the task's recorded failure, so the event is consumed
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
 from services.tracker.artifacts import write_event_file, write_failure_file, write_result_files, write_score_file
 from services.tracker.db import init_db
-from services.tracker.rows import Rows
+from services.tracker.rows import Rows, rows_looked_up
 from services.tracker.views import Views
 from shared.events import (
     EvaluationDone,
@@ -45,6 +45,18 @@ class Tracker(Views):
 
     def reconcile_csvs(self) -> None:
         self.rows.csv_log.reconcile()
+
+    def record(self, event: Recorded) -> None:
+        RECORDERS[type(event)](self, event)
+
+    def record_batch(self, events: Sequence[Recorded]) -> None:
+        """Every event in one transaction, its files made durable once before the commit and its
+        CSV lines appended at once after it; an error rolls the whole batch back (see
+        `Rows.batch`), and each event's store is idempotent, so the batch can be redelivered."""
+        with self.rows.batch():
+            self.rows.preload(key for event in events for key in rows_looked_up(event))
+            for event in events:
+                self.record(event)
 
     def record_requested(self, event: ExperimentRequested) -> None:
         write_event_file(self.layout, event.spec.experiment_id, "requested.json", event)
@@ -104,3 +116,14 @@ class Tracker(Views):
                 )
             )
             return None
+
+
+Recorded = ExperimentRequested | ExperimentPlanned | GenerationDone | EvaluationDone | EvaluationScored | TaskFailed
+RECORDERS: dict[type[Any], Callable[[Tracker, Any], None]] = {
+    ExperimentRequested: Tracker.record_requested,
+    ExperimentPlanned: Tracker.record_planned,
+    GenerationDone: Tracker.record_generation,
+    EvaluationDone: Tracker.record_evaluation,
+    EvaluationScored: Tracker.record_score,
+    TaskFailed: Tracker.record_failure,
+}

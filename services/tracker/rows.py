@@ -6,6 +6,10 @@ and by `rebuild` for each artifact file."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, TypeVar
@@ -45,23 +49,94 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+PRELOAD_CHUNK = 500
+"""Task ids per `IN` list: well under SQLite's and PostgreSQL's bound-parameter limits."""
+Row = TypeVar("Row", GenerationResult, EvaluationResult, LlmCall, Failure)
+Model = TypeVar("Model", bound=SQLModel)
+
+
 def _earliest(*moments: datetime | None) -> datetime | None:
     return min((m for m in moments if m is not None), default=None)
 
 
 
+@dataclass
+class _Batch:
+    """What the stores of one transaction share: its session, the experiments they touched (whose
+    `finished_at` is refreshed once, before the commit) and the CSV lines owed after it."""
+
+    session: Session
+    found: dict[tuple[Any, str, str], Any] = field(default_factory=dict)
+    """Result, call and failure rows by (table, experiment_id, task_id), None for none: looked up
+    in bulk by `preload`, kept as the stores create them."""
+    experiments: dict[str, Experiment] = field(default_factory=dict)
+    lines: dict[str, dict[tuple, dict[str, Any]]] = field(default_factory=lambda: {"generation": {}, "evaluation": {}})
+    """By (experiment_id, task_id, revision): a row stored twice in one batch owes its line once."""
+
+
 class Rows:
-    """The single writer of the tables. Synchronous: each store is one transaction, plus one that
-    flags the CSV lines it appended."""
+    """The single writer of the tables. Synchronous: the stores inside one `batch()` are one
+    transaction, followed by one CSV append per stage and one statement flagging those lines; a
+    store outside a batch is a batch of its own."""
 
     def __init__(self, layout: Layout, engine: Engine) -> None:
         self.layout = layout
         self.engine = engine
         self.csv_log = CsvLog(layout, engine)
+        self._open: _Batch | None = None
+
+    @contextmanager
+    def batch(self) -> Iterator[Session]:
+        """One transaction for every store inside it (nested batches join the outer one). An
+        exception rolls the whole batch back and appends no CSV line: the events are redelivered,
+        and every store is idempotent."""
+        if self._open is not None:
+            yield self._open.session
+            return
+        with Session(self.engine) as session:
+            self._open = batch = _Batch(session)
+            try:
+                yield session
+                for experiment in batch.experiments.values():
+                    refresh_finished(session, experiment)
+                self.layout.sync()
+                session.commit()
+            finally:
+                self._open = None
+        for stage, lines in batch.lines.items():
+            self.csv_log.append(stage, list(lines.values()))
+
+    def preload(self, keys: Iterable[tuple[Any, str, str]]) -> None:
+        """Looks up, inside the open batch, the rows of these (table, experiment_id, task_id) in a
+        few statements, so its stores find them without a query each (one each cost more than the
+        rest of the store)."""
+        assert self._open is not None
+        found, session = self._open.found, self._open.session
+        wanted: dict[tuple[Any, str], set[str]] = defaultdict(set)
+        for table, experiment_id, task_id in keys:
+            if (table, experiment_id, task_id) not in found:
+                wanted[table, experiment_id].add(task_id)
+        for (table, experiment_id), task_ids in wanted.items():
+            for task_id in task_ids:
+                found[table, experiment_id, task_id] = None
+            ordered = sorted(task_ids)
+            for start in range(0, len(ordered), PRELOAD_CHUNK):
+                chunk = ordered[start:start + PRELOAD_CHUNK]
+                for row in session.exec(
+                    select(table).where(col(table.experiment_id) == experiment_id, col(table.task_id).in_(chunk))
+                ):
+                    found[table, experiment_id, row.task_id] = row
+
+    def _touched(self, experiment: Experiment, *stages_and_lines: tuple[str, list[dict[str, Any]]]) -> None:
+        assert self._open is not None
+        self._open.experiments[experiment.experiment_id] = experiment
+        for stage, lines in stages_and_lines:
+            for line in lines:
+                self._open.lines[stage][line["experiment_id"], line["task_id"], line["revision"]] = line
 
     def store_requested(self, event: ExperimentRequested) -> None:
         spec = event.spec
-        with Session(self.engine) as session:
+        with self.batch() as session:
             experiment = self._experiment(session, spec.experiment_id)
             experiment.name = spec.name
             experiment.k_max = spec.k_max
@@ -71,12 +146,11 @@ class Rows:
             experiment.snapshot_path = self.layout.relative(self.layout.experiment_dir(spec.experiment_id))
             experiment.requested_at = _earliest(experiment.requested_at, as_utc(event.emitted_at))
             session.add(experiment)
-            refresh_finished(session, experiment)
-            session.commit()
+            self._touched(experiment)
 
     def store_planned(self, event: ExperimentPlanned) -> None:
         planned_at = as_utc(event.emitted_at)
-        with Session(self.engine) as session:
+        with self.batch() as session:
             experiment = self._experiment(session, event.experiment_id)
             if experiment.planned_at is None or planned_at >= experiment.planned_at:
                 experiment.name = experiment.name or event.name
@@ -103,21 +177,19 @@ class Rows:
                     for concept_id in combo.concept_ids
                 ],
             )
-            refresh_finished(session, experiment)
-            session.commit()
+            self._touched(experiment)
 
     def store_combo_mappings(self, mappings: list[ComboMapping]) -> None:
-        with Session(self.engine) as session:
+        with self.batch() as session:
             self._add_combo_mappings(session, mappings)
-            session.commit()
 
     def store_generation(self, task: GenerationTask, call: CallRecord, files: ResultFiles) -> None:
-        with Session(self.engine) as session:
+        with self.batch() as session:
             row = self._result_row(session, GenerationResult, task.experiment_id, task.task_id)
             named: list[EvaluationResult] = []
             if row is None or as_utc(call.finished_at) > row.finished_at:
                 before = complete_line("generation", row)
-                values = dict(
+                values: dict[str, Any] = dict(
                     experiment_id=task.experiment_id,
                     task_id=task.task_id,
                     combo_id=task.combo_id,
@@ -129,21 +201,17 @@ class Rows:
                     status="done",
                     **_call_values(call, files),
                 )
-                row = _assign(row or GenerationResult(**values), values)
+                row = self._kept(GenerationResult(**values) if row is None else _assign(row, values))
                 revise("generation", row, before)
                 session.add(row)
                 self._store_call(session, task, call)
                 named = self._name_generation_model(session, row)
             experiment = self._after_success(session, task.experiment_id, task.task_id, as_utc(call.started_at))
-            refresh_finished(session, experiment)
-            generation_lines = owed_csv_lines("generation", [row])
-            evaluation_lines = owed_csv_lines("evaluation", named)
-            session.commit()
-        self.csv_log.append("generation", generation_lines)
-        self.csv_log.append("evaluation", evaluation_lines)
+            self._touched(experiment, ("generation", owed_csv_lines("generation", [row])),
+                          ("evaluation", owed_csv_lines("evaluation", named)))
 
     def store_evaluation(self, task: EvaluationTask, call: CallRecord, files: ResultFiles) -> None:
-        with Session(self.engine) as session:
+        with self.batch() as session:
             row = self._evaluation_row(session, task)
             if row.finished_at is None or as_utc(call.finished_at) > row.finished_at:
                 before = complete_line("evaluation", row)
@@ -153,15 +221,12 @@ class Rows:
                 session.add(row)
                 self._store_call(session, task, call)
             experiment = self._after_success(session, task.experiment_id, task.task_id, as_utc(call.started_at))
-            refresh_finished(session, experiment)
-            lines = owed_csv_lines("evaluation", [row])
-            session.commit()
-        self.csv_log.append("evaluation", lines)
+            self._touched(experiment, ("evaluation", owed_csv_lines("evaluation", [row])))
 
     def store_score(self, event: EvaluationScored, score_path: str) -> None:
         task = event.task
         scored_at = as_utc(event.emitted_at)
-        with Session(self.engine) as session:
+        with self.batch() as session:
             row = self._evaluation_row(session, task)
             if row.scored_at is None or scored_at > row.scored_at:
                 before = complete_line("evaluation", row)
@@ -181,14 +246,11 @@ class Rows:
                 revise("evaluation", row, before)
                 session.add(row)
             experiment = self._after_success(session, task.experiment_id, task.task_id, None)
-            refresh_finished(session, experiment)
-            lines = owed_csv_lines("evaluation", [row])
-            session.commit()
-        self.csv_log.append("evaluation", lines)
+            self._touched(experiment, ("evaluation", owed_csv_lines("evaluation", [row])))
 
     def store_failure(self, event: TaskFailed, failure_path: str) -> None:
         failed_at = as_utc(event.emitted_at)
-        with Session(self.engine) as session:
+        with self.batch() as session:
             experiment = self._experiment(session, event.experiment_id)
             row = session.exec(
                 select(Failure).where(Failure.experiment_id == event.experiment_id, Failure.task_id == event.task_id)
@@ -207,11 +269,10 @@ class Rows:
                     failed_at=failed_at,
                     failure_path=failure_path,
                 )
-                row = _assign(row or Failure(**values), values)
+                row = self._kept(Failure(**values) if row is None else _assign(row, values))
             row.resolved = self._succeeded(session, event.experiment_id, event.task_id)
             session.add(row)
-            refresh_finished(session, experiment)
-            session.commit()
+            self._touched(experiment)
 
     def _experiment(self, session: Session, experiment_id: str) -> Experiment:
         experiment = session.get(Experiment, experiment_id)
@@ -221,27 +282,36 @@ class Rows:
             session.flush()
         return experiment
 
-    @staticmethod
-    def _result_row(session: Session, table, experiment_id: str, task_id: str):
-        return session.exec(_row_by_task(table), params={"experiment_id": experiment_id, "task_id": task_id}).first()
+    def _result_row(self, session: Session, table, experiment_id: str, task_id: str):
+        assert self._open is not None
+        key = (table, experiment_id, task_id)
+        if key not in self._open.found:
+            self._open.found[key] = session.exec(
+                _row_by_task(table), params={"experiment_id": experiment_id, "task_id": task_id}
+            ).first()
+        return self._open.found[key]
+
+    def _kept(self, row: Row) -> Row:
+        """A row this batch created (or updated), found by later lookups in the batch."""
+        assert self._open is not None
+        self._open.found[type(row), row.experiment_id, row.task_id] = row
+        return row
 
     def _evaluation_row(self, session: Session, task: EvaluationTask) -> EvaluationResult:
         row = self._result_row(session, EvaluationResult, task.experiment_id, task.task_id)
         if row is not None:
             return row
-        return EvaluationResult(
+        if not isinstance(task, EvaluationTask):
+            raise TypeError(f"{task.task_id} is a {task.stage} task, not an evaluation")
+        generation = self._result_row(session, GenerationResult, task.experiment_id, task.generation_task_id)
+        return self._kept(EvaluationResult(
             experiment_id=task.experiment_id,
             task_id=task.task_id,
             generation_task_id=task.generation_task_id,
             combo_id=task.combo_id,
             generation_template_id=task.generation_template_id,
             generation_model_id=task.generation_model_id,
-            generation_model=session.exec(
-                select(GenerationResult.generation_model).where(
-                    GenerationResult.experiment_id == task.experiment_id,
-                    GenerationResult.task_id == task.generation_task_id,
-                )
-            ).first(),
+            generation_model=generation.generation_model if generation is not None else None,
             evaluation_template_id=task.evaluation_template_id or "",
             evaluation_model_id=task.evaluation_model_id or task.model.id,
             evaluation_model=task.model.model,
@@ -250,7 +320,7 @@ class Rows:
             max_score=task.max_score,
             generation_truncated=task.generation_truncated,
             status="pending",
-        )
+        ))
 
     @staticmethod
     def _name_generation_model(session: Session, generation: GenerationResult) -> list[EvaluationResult]:
@@ -270,12 +340,12 @@ class Rows:
         return list(waiting)
 
     def verdict_recorded(self, event: EvaluationScored) -> bool:
-        with Session(self.engine) as session:
+        with self.batch() as session:
             row = self._result_row(session, EvaluationResult, event.task.experiment_id, event.task.task_id)
-        return row is not None and row.has_score and _verdict(row) == _verdict(event)
+            return row is not None and row.has_score and _verdict(row) == _verdict(event)
 
     def _store_call(self, session: Session, task: TaskCreated, call: CallRecord) -> None:
-        values = dict(
+        values: dict[str, Any] = dict(
             experiment_id=task.experiment_id,
             task_id=task.task_id,
             stage=task.stage,
@@ -287,7 +357,7 @@ class Rows:
             finished_at=as_utc(call.finished_at),
         )
         row = self._result_row(session, LlmCall, task.experiment_id, task.task_id)
-        session.add(_assign(row or LlmCall(**values), values))
+        session.add(self._kept(LlmCall(**values) if row is None else _assign(row, values)))
 
     def _after_success(
         self, session: Session, experiment_id: str, task_id: str, started_at: datetime | None
@@ -322,6 +392,20 @@ class Rows:
                 session.add(mapping)
 
 
+def rows_looked_up(event: object) -> list[tuple[Any, str, str]]:
+    """The (table, experiment_id, task_id) an event's store looks up, for `Rows.preload`."""
+    if isinstance(event, TaskFailed):
+        return [(table, event.experiment_id, event.task_id) for table in (Failure, GenerationResult, EvaluationResult)]
+    task: TaskCreated | None = getattr(event, "task", None)
+    if task is None:
+        return []
+    own = (GenerationResult, EvaluationResult, LlmCall, Failure)
+    return [
+        *((table, task.experiment_id, task.task_id) for table in own),
+        (GenerationResult, task.experiment_id, task.generation_task_id),
+    ]
+
+
 @cache
 def _row_by_task(table):
     """Built once per table: building and coercing the statement anew for each of the several
@@ -342,10 +426,7 @@ def _call_values(call: CallRecord, files: ResultFiles) -> dict[str, Any]:
     )
 
 
-_Row = TypeVar("_Row", bound=SQLModel)
-
-
-def _assign(row: _Row, values: dict[str, Any]) -> _Row:
+def _assign(row: Model, values: dict[str, Any]) -> Model:
     for name, value in values.items():
         setattr(row, name, value)
     return row

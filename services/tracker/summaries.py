@@ -24,17 +24,22 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
+from operator import attrgetter
 from typing import Any, Protocol, cast
 
 from rich.table import Table
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from services.tracker.artifacts import write_csv
 from services.tracker.tables import ComboMapping, EvaluationResult, Experiment, GenerationResult, sa_table
 
+ScoreRow = Row[Any]
+"""One scored evaluation's parsed-scores columns (`evaluation_rows`), read by attribute name."""
 NINE_POINT_SCALE = 9
 HIGH_SCORE = 7
 LOW_SCORE = 3
@@ -192,9 +197,13 @@ def final_results(rows: Iterable[ScoredRow]) -> list[dict]:
         by_scale.items(), key=lambda item: (item[0][0], *_scale_key(item[0][1:]))
     ):
         for group_by, fields in GROUPINGS.items():
-            groups: dict[str, list[float]] = defaultdict(list)
+            key: Callable[[ScoredRow], object] = attrgetter(*fields) if fields else lambda row: ()
+            by_key: dict[object, list[float]] = defaultdict(list)
             for row, score in scored:
-                groups[" x ".join(getattr(row, field) for field in fields) or "all"].append(score)
+                by_key[key(row)].append(score)
+            groups: dict[str, list[float]] = defaultdict(list)
+            for value, scores in by_key.items():  # grouped by value first: joining per row cost seconds
+                groups[(" x ".join(value) if isinstance(value, tuple) else str(value)) or "all"].extend(scores)
             for group, scores in sorted(groups.items()):
                 table.append(
                     {
@@ -242,7 +251,8 @@ def score_pivot(rows: Iterable[ScoredRow]) -> tuple[list[str], list[dict]]:
         if row.score is None:
             continue
         key = (row.experiment_id, row.generation_task_id)
-        generations.setdefault(key, {column: getattr(row, column) for column in GENERATION_COLUMNS})
+        if key not in generations:
+            generations[key] = {column: getattr(row, column) for column in GENERATION_COLUMNS}
         cells[key][f"{row.evaluation_template_id}__{row.evaluation_model_id}"].append(row.score)
     judge_columns = sorted({column for generation in cells.values() for column in generation})
     table = [

@@ -1,9 +1,9 @@
 """The tracker's tables: every row is keyed so that a redelivered event finds and updates it.
 
-The tracker counts, after every event, how many evaluations are scored, and at startup looks up the
-rows still owed a CSV line (see `recorder` for `revision` and `csv_appended`); the (experiment_id,
-has_score) and (experiment_id, csv_appended) indexes keep those lookups from scanning the whole
-experiment, which made recording slow down as the tables grew.
+The tracker counts, after every batch of events, how many evaluations are scored, and at startup
+looks up the rows still owed a CSV line (see `csv_log` for `revision` and `csv_appended`); the
+(experiment_id, has_score) and (experiment_id, csv_appended) indexes keep those lookups from
+scanning the whole experiment, which made recording slow down as the tables grew.
 
 Timestamps are aware UTC (SQLModel's UTCDateTime: `timestamptz` on PostgreSQL). Artifact paths are
 stored relative to the data directory, so a data directory can be moved.
