@@ -110,6 +110,21 @@ def publish_span(subject: str):
     })
 
 
+def consumed(subject: str, headers: Mapping[str, str] | None) -> None:
+    """A span for a message read without a FastStream subscriber (the tracker's batches), a child
+    of the span that published it, so the experiment's trace reaches the tracker."""
+    if _tracer is None:
+        return
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import SpanKind
+
+    with _tracer.start_as_current_span(f"{subject} process", context=extract(dict(headers or {})),
+                                       kind=SpanKind.CONSUMER, attributes={
+                                           "messaging.system": "nats", "messaging.operation": "process",
+                                           "messaging.destination.name": subject}):
+        pass
+
+
 async def traced_llm_call(
     call: Callable[[], Awaitable[CallRecord]],
     *,

@@ -6,6 +6,7 @@ so every stream and consumer is declared here explicitly and subscribers only bi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from shared.events import (
     TierSpec,
     task_subject,
 )
+from shared.nats_cluster import TRANSIENT_NATS_ERRORS
 from shared.settings import Settings
 from shared.tiers import (
     SLOT_GROUP,
@@ -196,8 +198,22 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             await js.update_stream(config)
 
 
+BUCKET_TRIES = 5
+
+
 async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, settings: Settings) -> KeyValue:
-    """Bind to a KV bucket, creating it when absent and raising its replicas to the setting."""
+    """Bind to a KV bucket, creating it when absent and raising its replicas to the setting. On a
+    new cluster, services creating replicated buckets at once can time out while the nodes place
+    them: that is tried again, with a growing pause, before the service gives up."""
+    for attempt in range(1, BUCKET_TRIES):
+        try:
+            return await _bind_bucket(js, config, settings)
+        except TRANSIENT_NATS_ERRORS:
+            await asyncio.sleep(attempt)
+    return await _bind_bucket(js, config, settings)
+
+
+async def _bind_bucket(js: JetStreamContext, config: KeyValueConfig, settings: Settings) -> KeyValue:
     try:
         kv = await js.key_value(config.bucket)
     except BucketNotFoundError:

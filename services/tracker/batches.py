@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.tracker.recorder import Recorded
+from shared import telemetry
 from shared.nats_cluster import TRANSIENT_NATS_ERRORS
 from shared.service import decode
 from shared.topology import ConsumerSpec
@@ -105,6 +106,8 @@ class BatchConsumer:
                 await self._record_one_by_one(decoded)
                 return
         await self._after([event for event, _ in decoded])
+        for _, message in decoded:
+            telemetry.consumed(message.subject, message.headers)
         await _settle([message for _, message in decoded], methodcaller("ack"))
 
     async def _after(self, events: Sequence[Recorded]) -> None:

@@ -26,12 +26,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from operator import attrgetter
 from typing import Any, Protocol, cast
 
 from rich.table import Table
 from sqlalchemy import Engine, Row
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 

@@ -36,6 +36,7 @@ class Model:
     model: str
     generation: bool
     evaluation: bool
+    tier: str = "paid"
 
 
 WRITERS = [Model(f"writer_{n}", f"fake/writer-{n}", True, False) for n in "abc"]
@@ -48,8 +49,8 @@ judges = 240 evaluations — 300 LLM calls."""
 def write_raw(data: Path, models: list[Model], *, concepts: int = 6, k_max: int = 3, tier_cap: int = 5,
               evaluation_templates: int = 2) -> Path:
     """The example inputs cut to size: C(concepts, k_max) combos x 1 generation template x the
-    generation models, each judged by every evaluation template x evaluation model — all on one
-    `paid` tier with no rate limit."""
+    generation models, each judged by every evaluation template x evaluation model — each model on
+    its tier (`paid` unless it says), every tier with no rate limit."""
     raw = data / "1_raw"
     shutil.copytree(EXAMPLE_RAW, raw)
     chosen = CONCEPTS[:concepts]
@@ -64,9 +65,11 @@ def write_raw(data: Path, models: list[Model], *, concepts: int = 6, k_max: int 
         "\n".join(evaluation_rows[:1 + evaluation_templates]) + "\n", encoding="utf-8")
     (raw / "llm_models.csv").write_text(
         "id,model,provider,tier,for_generation,for_evaluation,active,temperature,max_tokens\n"
-        + "".join(f"{m.id},{m.model},fake,paid,{str(m.generation).lower()},{str(m.evaluation).lower()},true,0.7,\n"
+        + "".join(f"{m.id},{m.model},fake,{m.tier},{str(m.generation).lower()},{str(m.evaluation).lower()},true,0.7,\n"
                   for m in models), encoding="utf-8")
-    (raw / "tiers.csv").write_text(f"tier,max_concurrent,requests_per_minute\npaid,{tier_cap},\n", encoding="utf-8")
+    tiers = sorted({m.tier for m in models})
+    (raw / "tiers.csv").write_text("tier,max_concurrent,requests_per_minute\n"
+                                   + "".join(f"{tier},{tier_cap},\n" for tier in tiers), encoding="utf-8")
     (raw / "experiment.toml").write_text(
         f'name = "stress"\nk_max = {k_max}\ndescription_level = "paragraph"\nreplicates = 1\n', encoding="utf-8")
     return raw

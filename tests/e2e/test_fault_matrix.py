@@ -132,26 +132,26 @@ def test_daydream_run_exits_1_with_a_rerun_hint_that_works_when_a_judge_always_f
     the failed tasks, follows them to the end and tells the truth again."""
     data = tmp_path / "data"
     write_raw(data, [Model("writer", "fake/writer", True, False), Model("judge_ok", "fake/judge", False, True),
-                     Model("judge_bad_key", "fake/judge+fault=401", False, True)],
+                     Model("judge_bad_key", "fake/judge+fault=404", False, True)],
               concepts=4, k_max=2, evaluation_templates=1)
     with FakeLLMServer(latency_s=0.02) as fake:
         env = {**FAST_RETRIES, "DAYDREAM_LLM_BASE_URL": fake.base_url, "DAYDREAM_ACK_WAIT_S": str(ACK_WAIT_S)}
         run = daydream_cli("run", "--data", str(data), "--experiment-id", "bad-judge", env=env)
         status = daydream_cli("status", "bad-judge", "--data", str(data), env=env)
-        bad_calls = fake.stats()["models"]["fake/judge+fault=401"]["calls"]
+        bad_calls = fake.stats()["models"]["fake/judge+fault=404"]["calls"]
         calls_before_rerun = fake.stats()["total_calls"]
         rerun = daydream_cli("rerun", "bad-judge", "--failed", "--data", str(data), env=env)
         calls_of_rerun = fake.stats()["total_calls"] - calls_before_rerun
 
     output = run.stdout + run.stderr
     assert run.returncode == 1, output
-    assert "6 task(s) did not complete" in output and "auth: 6" in output
+    assert "6 task(s) did not complete" in output and "not_found: 6" in output
     assert "daydream rerun bad-judge --failed" in output
-    assert bad_calls == 6, "a permanent 401 was retried"
+    assert bad_calls == 6, "a permanent 404 was retried"
     assert status.returncode == 0, status.stdout + status.stderr
-    assert "auth" in status.stdout and "daydream rerun bad-judge --failed" in status.stdout
+    assert "not_found" in status.stdout and "daydream rerun bad-judge --failed" in status.stdout
     rerun_output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 1, rerun_output
     assert "republished 6 task(s) of bad-judge" in rerun_output
-    assert "6 task(s) did not complete" in rerun_output and "auth: 6" in rerun_output
+    assert "6 task(s) did not complete" in rerun_output and "not_found: 6" in rerun_output
     assert calls_of_rerun == 6, "the rerun called more than the six failed evaluations"

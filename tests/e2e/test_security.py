@@ -61,7 +61,7 @@ async def every_stored_message(nats_url: str) -> list[bytes]:
 def test_a_canary_api_key_used_for_a_whole_run_is_found_nowhere(tmp_path: Path) -> None:
     canary = f"sk-or-canary-{secrets.token_hex(16)}"
     data = tmp_path / "data"
-    write_raw(data, [Model("writer", "fake/writer", True, False), Model("writer_401", "fake/writer+fault=401", True, False),
+    write_raw(data, [Model("writer", "fake/writer", True, False), Model("writer_401", "fake/writer+fault=401", True, False, tier="refused"),
                      Model("judge", "fake/judge+fault=500:1", False, True)],
               concepts=4, k_max=2, evaluation_templates=1)
     spec = prepare(data, "canary")
@@ -77,7 +77,7 @@ def test_a_canary_api_key_used_for_a_whole_run_is_found_nowhere(tmp_path: Path) 
     tracker.engine.dispose()  # the last connection closes: SQLite folds the WAL into the file we scan
 
     assert last_request["bearer_sha256"] == hashlib.sha256(canary.encode()).hexdigest()[:16], "the key was not used"
-    assert progress.failures_by_reason == {"auth": 6}
+    assert progress.failures_by_reason == {"auth": 6}, "writer_401's tier stops; the other tier goes on"
     assert progress.stages["evaluation"].done == 6
     needle = canary.encode()
     files = [path for path in data.rglob("*") if path.is_file()]
