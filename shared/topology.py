@@ -83,9 +83,12 @@ class SlotConsumerConfig(ConsumerConfig):
     priority_policy: str | None = None
 
 
+STAGE_WORKERS: dict[Stage, str] = {"generation": "generator", "evaluation": "evaluator"}
+"""The service that runs each stage's LLM calls; a stage missing here fails loudly, not as the evaluator."""
+
+
 def worker_consumer(stage: Stage, tier: str) -> str:
-    service = "generator" if stage == "generation" else "evaluator"
-    return f"{service}-{tier}"
+    return f"{STAGE_WORKERS[stage]}-{tier}"
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,9 @@ async def run_task(broker: NatsBroker, worker: LLMWorker, msg: NatsMessage, stag
 def done_event(task: GenerationTask | EvaluationTask, record: CallRecord) -> GenerationDone | EvaluationDone:
     if isinstance(task, GenerationTask):
         return GenerationDone(task=task, call=record)
-    return EvaluationDone(task=task, call=record)
+    if isinstance(task, EvaluationTask):
+        return EvaluationDone(task=task, call=record)
+    raise TypeError(f"no done event for a {type(task).__name__}: add it here with its stage")
 
 
 class LLMWorkers:

@@ -61,7 +61,8 @@ async def every_stored_message(nats_url: str) -> list[bytes]:
 def test_a_canary_api_key_used_for_a_whole_run_is_found_nowhere(tmp_path: Path) -> None:
     canary = f"sk-or-canary-{secrets.token_hex(16)}"
     data = tmp_path / "data"
-    write_raw(data, [Model("writer", "fake/writer", True, False), Model("writer_401", "fake/writer+fault=401", True, False, tier="refused"),
+    write_raw(data, [Model("writer", "fake/writer", True, False),
+                     Model("writer_401", "fake/writer+fault=401", True, False, tier="refused"),
                      Model("judge", "fake/judge+fault=500:1", False, True)],
               concepts=4, k_max=2, evaluation_templates=1)
     spec = prepare(data, "canary")
