@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -244,6 +244,8 @@ class FakeTierGate:
 
     stopped_with: TierStopped | None = None
     log: list[tuple[str, ...]] = field(default_factory=list)
+    while_waiting: Callable[[], None] | None = None
+    """Runs while the worker waits for its slot: what another worker does meanwhile."""
 
     def stopped(self, tier: str) -> TierStopped | None:
         return self.stopped_with
@@ -252,6 +254,8 @@ class FakeTierGate:
     async def slot(self, tier: str, stage: Stage) -> AsyncIterator[None]:
         if self.stopped_with:
             raise self.stopped_with
+        if self.while_waiting:
+            self.while_waiting()
         self.log.append(("take", tier, stage))
         try:
             yield

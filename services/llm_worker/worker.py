@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -46,6 +47,11 @@ def task_request_hash(task: TaskCreated, endpoint: str) -> str:
     return request_hash(endpoint, task.model.model, chat_messages(task.prompt), task.parameters, task.replicate,
                         task.model.routing)
 
+
+STORE_RECHECK_AFTER_S = 1.0
+"""A task that waited this long for its slot looks its answer up again before paying: if JetStream
+handed it to another worker meanwhile (heartbeats lost while a NATS node failed over), that worker
+may have answered and stored it already."""
 
 OTHER_ENDPOINT = "other_endpoint"
 """The `TaskFailed.reason` of a task bound to an endpoint this worker does not serve."""
@@ -99,8 +105,13 @@ class LLMWorker:
             metrics.observe_cache_hit(task.stage, task.model.id)
             return Completed(stored)
         tier = task.tier.tier
+        looked_up = time.monotonic()
         try:
             async with _heartbeats(heartbeat, self.settings.heartbeat_s), self.tiers.slot(tier, task.stage):
+                if time.monotonic() - looked_up > STORE_RECHECK_AFTER_S and (
+                        stored := await self.stored_response(task, key)):
+                    metrics.observe_cache_hit(task.stage, task.model.id)
+                    return Completed(stored)
                 try:
                     async with self.budget.spending(task):
                         record = await self.client.complete(

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from services.llm_worker import worker as worker_module
 from services.llm_worker.tier_control import TierStopped
 from services.llm_worker.worker import OTHER_ENDPOINT, Completed, GaveUp, LLMWorker, RetryLater, task_request_hash
 from shared.events import CallParameters, CallRecord, GenerationTask, ModelSpec, TierSpec
@@ -152,3 +155,17 @@ async def test_a_429_that_resets_soon_is_a_cooldown_and_is_retried() -> None:
                     resets_at=datetime.now(UTC) + timedelta(seconds=30))
     verdict = await worker(FakeClient([soon]), DictStore()).run(task(), attempt=1, heartbeat=no_heartbeat)
     assert isinstance(verdict, RetryLater) and verdict.delay_s == 3.0
+
+
+async def test_a_task_that_waited_for_its_slot_is_answered_from_the_store_if_another_worker_answered_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """JetStream may hand a waiting task to a second worker (heartbeats lost in a failover); when
+    that one stored the answer first, the waiting one does not pay again."""
+    monkeypatch.setattr(worker_module, "STORE_RECHECK_AFTER_S", 0.0)
+    store, client, waiting = DictStore(), FakeClient(["must not be paid twice"]), task()
+    key = task_request_hash(waiting, ENDPOINT)
+    answered = record("answered by the other worker", key, datetime.now(UTC))
+    tiers = FakeTierGate(while_waiting=lambda: store.records.__setitem__(key, answered))
+    verdict = await worker(client, store, tiers).run(waiting, attempt=2, heartbeat=no_heartbeat)
+    assert isinstance(verdict, Completed) and verdict.record.text == "answered by the other worker"
+    assert client.calls == 0
