@@ -59,17 +59,24 @@ class BatchConsumer:
     async def read(self, spec: ConsumerSpec, event_type: type) -> None:
         """Pull this reader's messages into the writer's queue, for as long as the process runs."""
         subscription = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
-        while True:
-            try:
-                messages = await subscription.fetch(batch=spec.max_ack_pending, timeout=FETCH_WAIT_S)
-            except TimeoutError:
-                continue
-            except TRANSIENT_NATS_ERRORS as error:
-                log.warning("fetching %s failed (%s); retrying", spec.durable, type(error).__name__)
-                await asyncio.sleep(RETRY_FETCH_S)
-                continue
-            for message in messages:
-                self.arrived.put_nowait((event_type, message))
+        try:
+            while True:
+                try:
+                    messages = await subscription.fetch(batch=spec.max_ack_pending, timeout=FETCH_WAIT_S)
+                except TimeoutError:
+                    _unless_stopping()
+                    continue
+                except TRANSIENT_NATS_ERRORS as error:
+                    _unless_stopping()
+                    log.warning("fetching %s failed (%s); retrying", spec.durable, type(error).__name__)
+                    await asyncio.sleep(RETRY_FETCH_S)
+                    continue
+                for message in messages:
+                    self.arrived.put_nowait((event_type, message))
+        finally:
+            # Left subscribed, the connection's drain at shutdown would wait on it until its timeout.
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     async def write(self) -> None:
         """Record every message that has arrived, batch after batch."""
@@ -125,6 +132,13 @@ class BatchConsumer:
             else:
                 await self._after([event])
                 await message.ack()
+
+
+def _unless_stopping() -> None:
+    """nats-py may turn a cancelled fetch into a timeout: a stop must still stop the loop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _settle(messages: list[Msg], settle: Callable[[Msg], Awaitable[None]]) -> None:
