@@ -26,7 +26,7 @@ from common import fake_stats, machine, moment, read_events, report, running_sta
 from daydream.nats_process import NatsServer
 from services.llm_worker.tier_control import TierControl
 from shared.events import CallParameters, EvaluationTask, GenerationTask, ModelSpec, TierSpec
-from shared.service import publish_from_client
+from shared.service import publish_to_jetstream
 from shared.settings import Settings
 from shared.topology import EVENTS_STREAM, ensure_topology
 
@@ -50,7 +50,7 @@ async def publish_and_wait(nats_url: str, tasks: list, timeout_s: float) -> None
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        await asyncio.gather(*(publish_from_client(js, task) for task in tasks))
+        await asyncio.gather(*(publish_to_jetstream(js, task) for task in tasks))
         deadline = time.monotonic() + timeout_s
         while (await js.stream_info(EVENTS_STREAM)).state.messages < len(tasks):
             if time.monotonic() > deadline:

@@ -23,7 +23,7 @@ from shared.ids import MAX_ID_LENGTH, is_safe_id
 from shared.inputs import SPEC_FILE
 from shared.llm import SIMULATED_ENDPOINT, endpoint_identity
 from shared.nats_cluster import server_urls, without_credentials
-from shared.service import publish_from_client
+from shared.service import publish_to_jetstream
 from shared.settings import Settings
 from shared.topology import ensure_topology
 
@@ -109,7 +109,7 @@ async def publish_experiment(settings: Settings, spec: ExperimentSpec) -> None:
     try:
         js = nc.jetstream()
         await ensure_topology(js, settings, spec.tiers)
-        await publish_from_client(js, ExperimentRequested(spec=spec))
+        await publish_to_jetstream(js, ExperimentRequested(spec=spec))
     finally:
         await nc.close()
 

@@ -21,7 +21,7 @@ from shared.events import ExperimentSpec, TaskCreated, message_id
 from shared.llm import endpoint_identity
 from shared.nats_cluster import server_urls
 from shared.prompts import TemplateProblem
-from shared.service import publish_from_client
+from shared.service import publish_to_jetstream
 from shared.settings import Settings
 from shared.tasks import evaluation_tasks, generation_tasks
 
@@ -64,7 +64,7 @@ async def republish_tasks(settings: Settings, tasks: list[TaskCreated]) -> None:
     try:
         js = nc.jetstream()
         for task in tasks:
-            await publish_from_client(js, task, msg_id=message_id(stamp, task.experiment_id, task.task_id))
+            await publish_to_jetstream(js, task, msg_id=message_id(stamp, task.experiment_id, task.task_id))
     finally:
         await nc.close()
 

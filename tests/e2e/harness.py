@@ -12,7 +12,7 @@ import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared.events import CallParameters, EvaluationTask, GenerationTask, ModelSpec, TaskCreated, TierSpec
-from shared.service import publish_from_client
+from shared.service import publish_to_jetstream
 from shared.settings import Settings
 from shared.topology import EVENTS_STREAM, ensure_topology
 
@@ -55,7 +55,7 @@ async def declare_tiers(nats_url: str, settings: Settings, tiers: list[TierSpec]
 async def publish_tasks(nats_url: str, tasks: Sequence[TaskCreated]) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    await asyncio.gather(*(publish_from_client(js, t) for t in tasks))
+    await asyncio.gather(*(publish_to_jetstream(js, t) for t in tasks))
     await nc.close()
 
 

@@ -14,7 +14,7 @@ from daydream.nats_process import NatsCluster, wait_for_jetstream
 from services.llm_worker.response_store import ResponseStore
 from shared.events import DEFAULT_TIERS, TaskCreated
 from shared.nats_cluster import server_urls
-from shared.service import publish_from_client
+from shared.service import publish_to_jetstream
 from shared.settings import Settings
 from shared.topology import TASKS_STREAM, ensure_topology, stream_configs
 from tests.e2e.cluster import stream_leader
@@ -64,7 +64,7 @@ async def publish_through_an_election(url: str, tasks: Sequence[TaskCreated]) ->
         for task in tasks:
             for _ in range(100):
                 try:
-                    await publish_from_client(js, task)
+                    await publish_to_jetstream(js, task)
                     break
                 except (nats.errors.Error, TimeoutError):
                     await asyncio.sleep(0.2)

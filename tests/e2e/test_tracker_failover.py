@@ -14,7 +14,7 @@ from daydream.stack import EmbeddedStack
 from services.tracker.tables import Failure
 from shared.events import TaskFailed
 from shared.nats_cluster import server_urls
-from shared.service import publish_from_client
+from shared.service import publish_to_jetstream
 from tests.e2e.chaos import tracker_of, wait_until
 from tests.e2e.cluster import start_replica
 
@@ -26,7 +26,7 @@ async def publish_failures(nats_url: str, failures: list[TaskFailed]) -> None:
     try:
         js = nc.jetstream()
         for failure in failures:
-            await publish_from_client(js, failure)
+            await publish_to_jetstream(js, failure)
     finally:
         await nc.close()
 

@@ -16,7 +16,7 @@ from daydream.fake_llm import FakeLLMServer
 from shared import telemetry
 from shared.events import TASK_CREATED
 from shared.llm import LLMClient
-from shared.service import decode, make_broker, publish_from_client, subscribe
+from shared.service import decode, make_broker, publish_to_jetstream, subscribe
 from shared.settings import Settings
 from shared.topology import TASKS_STREAM, ConsumerSpec, consumer_config, ensure_streams
 from tests.fakes import GENERATION_MODELS, FakeExperiment
@@ -74,7 +74,7 @@ async def test_a_trace_links_the_publish_to_the_llm_call_it_caused(
         subscribe(broker, spec, handle)
         await broker.start()
         try:
-            await publish_from_client(js, task)
+            await publish_to_jetstream(js, task)
             await asyncio.wait_for(called.wait(), 20)
         finally:
             await broker.stop()
