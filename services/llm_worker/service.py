@@ -86,6 +86,7 @@ class LLMWorkers:
     async def stop(self) -> None:
         """An after-shutdown hook: the broker has let in-flight calls finish by then."""
         if self.worker:
+            await self.worker.renewals.stop()
             await self.worker.client.aclose()
         if self.tiers:
             await self.tiers.close()

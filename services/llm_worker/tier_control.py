@@ -8,20 +8,21 @@ import contextlib
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared import metrics
 from shared.events import Stage, utcnow
+from shared.lifecycle import Renewals
 from shared.llm import ErrorKind, LLMError
 from shared.settings import Settings
 from shared.tiers import (
@@ -60,35 +61,59 @@ class Slot:
 
     msg: Msg
     index: int
-    every_s: float
+    stop_renewing: Callable[[], None]
     started: float = field(default_factory=time.monotonic)
-    _beat: asyncio.Task | None = None
-
-    def __post_init__(self) -> None:
-        self._beat = asyncio.create_task(self._renew())
-
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.every_s)
-            with contextlib.suppress(Exception):
-                await self.msg.in_progress()
-
-    def _stop_renewing(self) -> None:
-        if self._beat:
-            self._beat.cancel()
 
     async def give_back(self, delay_s: float) -> None:
-        self._stop_renewing()
+        self.stop_renewing()
         with contextlib.suppress(Exception):
             await self.msg.nak(delay=delay_s if delay_s > 0 else None)
 
     async def retire(self, js: JetStreamContext) -> None:
         """Removed from the stream: the tier's cap was lowered below this slot's index."""
-        self._stop_renewing()
+        self.stop_renewing()
         with contextlib.suppress(Exception):
             await self.msg.ack()
             if self.msg.metadata.sequence:
                 await js.delete_msg(SLOTS_STREAM, self.msg.metadata.sequence.stream)
+
+
+class _SlotLine:
+    """One inbox per tier and stage for all of a process's slot requests, its replies handed to
+    the waiters in order (every reply answers one request, and every waiter made one): no
+    subscription made and removed per call. A slot nobody waits for any more goes straight back
+    instead of sitting out its ack wait."""
+
+    def __init__(self, inbox: str) -> None:
+        self.inbox = inbox
+        self._waiters: deque[asyncio.Future[Msg]] = deque()
+        self._subscription: Subscription | None = None
+
+    @classmethod
+    async def open(cls, nc: Client) -> _SlotLine:
+        line = cls(nc.new_inbox())
+        line._subscription = await nc.subscribe(line.inbox, cb=line._hand_on)
+        return line
+
+    async def _hand_on(self, msg: Msg) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(msg)
+                return
+        if msg.reply and not (msg.headers or {}).get("Status"):
+            with contextlib.suppress(Exception):
+                await msg.nak()
+
+    async def next_reply(self, timeout_s: float) -> Msg:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return await asyncio.wait_for(waiter, timeout_s)
+
+    async def close(self) -> None:
+        if self._subscription:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
 
 
 class TierControl:
@@ -100,6 +125,8 @@ class TierControl:
         self._unreachable: Counter[str] = Counter()
         self._watch: asyncio.Task | None = None
         self._known = asyncio.Event()
+        self.renewals = Renewals(settings.slot_heartbeat_s)
+        self._lines: dict[tuple[str, Stage], _SlotLine] = {}
 
     @classmethod
     async def open(cls, nc: Client, js: JetStreamContext, settings: Settings) -> TierControl:
@@ -123,6 +150,9 @@ class TierControl:
                     metrics.observe_tier_state(state)
 
     async def close(self) -> None:
+        await self.renewals.stop()
+        for line in self._lines.values():
+            await line.close()
         if self._watch:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,34 +197,31 @@ class TierControl:
 
     async def _pull(self, tier: str, stage: Stage) -> Slot:
         """A pull request of our own: nats-py has no priority groups yet."""
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        line = self._lines.get((tier, stage))
+        if line is None:
+            line = self._lines[tier, stage] = await _SlotLine.open(self.nc)
         request = json.dumps({"batch": 1, "expires": int(PULL_EXPIRES_S * 1e9), "group": SLOT_GROUP,
                               "priority": STAGE_PRIORITY[stage]}).encode()
-        try:
+        while True:
+            if stopped := self.stopped(tier):
+                raise stopped
+            await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{SLOTS_STREAM}.{slot_consumer(tier)}", request,
+                                  reply=line.inbox)
             while True:
-                if stopped := self.stopped(tier):
-                    raise stopped
-                await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{SLOTS_STREAM}.{slot_consumer(tier)}", request,
-                                      reply=inbox)
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=PULL_EXPIRES_S + 2)
-                    except nats.errors.TimeoutError:
-                        break
-                    status = (msg.headers or {}).get("Status")
-                    if status is None and msg.reply:
-                        return Slot(msg, slot_index(msg.data), self.settings.slot_heartbeat_s)
-                    if status == "100":
-                        continue
-                    if status not in ("404", "408"):
-                        log.warning("tier %s: slot request answered %s %s", tier, status,
-                                    (msg.headers or {}).get("Description", ""))
-                        await asyncio.sleep(0.5)
+                try:
+                    msg = await line.next_reply(PULL_EXPIRES_S + 2)
+                except TimeoutError:
                     break
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                status = (msg.headers or {}).get("Status")
+                if status is None and msg.reply:
+                    return Slot(msg, slot_index(msg.data), self.renewals.keep(msg.in_progress))
+                if status == "100":
+                    continue
+                if status not in ("404", "408"):
+                    log.warning("tier %s: slot request answered %s %s", tier, status,
+                                (msg.headers or {}).get("Description", ""))
+                    await asyncio.sleep(0.5)
+                break
 
     async def _sit_out_pause(self, tier: str) -> None:
         while (state := self.states.get(tier)) and (left := state.pause_left_s(utcnow())) > 0:

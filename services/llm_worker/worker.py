@@ -6,8 +6,6 @@ a plain value; the service's handler turns it into publish + ack, a delayed nak,
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -20,6 +18,7 @@ from services.llm_worker.retry_policy import decide
 from services.llm_worker.tier_control import TierStopped
 from shared import metrics
 from shared.events import CallRecord, Stage, TaskCreated, TaskFailed, utcnow
+from shared.lifecycle import Renewals
 from shared.llm import LLMClient, LLMError, chat_messages, endpoint_identity, quota_exhausted, request_hash
 from shared.settings import Settings
 
@@ -76,6 +75,11 @@ class LLMWorker:
     settings: Settings
     tiers: TierGate
     budget: BudgetGate = field(default_factory=BudgetGate)
+    renewals: Renewals = field(init=False)
+    """Tells JetStream a task is still being worked on, so a long call is not redelivered."""
+
+    def __post_init__(self) -> None:
+        self.renewals = Renewals(self.settings.heartbeat_s)
 
     def _failure(self, task: TaskCreated, reason: str, message: str, attempt: int) -> GaveUp:
         return GaveUp(TaskFailed(
@@ -104,10 +108,14 @@ class LLMWorker:
         if stored is not None:
             metrics.observe_cache_hit(task.stage, task.model.id)
             return Completed(stored)
+        with self.renewals.keeping(heartbeat):
+            return await self._call(task, key, attempt)
+
+    async def _call(self, task: TaskCreated, key: str, attempt: int) -> Verdict:
         tier = task.tier.tier
         looked_up = time.monotonic()
         try:
-            async with _heartbeats(heartbeat, self.settings.heartbeat_s), self.tiers.slot(tier, task.stage):
+            async with self.tiers.slot(tier, task.stage):
                 if time.monotonic() - looked_up > STORE_RECHECK_AFTER_S and (
                         stored := await self.stored_response(task, key)):
                     metrics.observe_cache_hit(task.stage, task.model.id)
@@ -125,8 +133,7 @@ class LLMWorker:
         except TierStopped as stopped:
             return self._failure(task, stopped.kind, f"tier {tier} is stopped: {stopped.message}", attempt)
         await self.tiers.succeeded(tier)
-        async with _heartbeats(heartbeat, self.settings.heartbeat_s):
-            await self.store.put(record)
+        await self.store.put(record)
         metrics.observe_llm_call(task.stage, task.model.id, task.tier.tier, record)
         return Completed(record)
 
@@ -137,22 +144,3 @@ class LLMWorker:
         if decision.retry:
             return RetryLater(decision.delay_s, decision.reason)
         return self._failure(task, error.kind.value, decision.reason, attempt)
-
-
-@contextlib.asynccontextmanager
-async def _heartbeats(beat: Callable[[], Awaitable[None]], every_s: float):
-    """Tell JetStream the task is still being worked on, so a long call is not redelivered."""
-
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            with contextlib.suppress(Exception):
-                await beat()
-
-    pulse = asyncio.create_task(loop())
-    try:
-        yield
-    finally:
-        pulse.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pulse
