@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
@@ -192,6 +193,14 @@ def stack_pids(stack: EmbeddedStack) -> dict[str, int]:
         if process is not None:
             pids[name] = process.pid
     return pids
+
+
+def nats_message_counts(stack: EmbeddedStack) -> dict[str, int]:
+    """Messages into and out of the nats-server since it started (its `/varz`): every publish, ack,
+    pull request and reply a call costs, counted where a client cannot hide one."""
+    node = next(iter(stack.nats_nodes().values()))
+    varz = httpx.get(f"http://127.0.0.1:{node.monitor_port}/varz", timeout=5.0).json()
+    return {"in_msgs": varz["in_msgs"], "out_msgs": varz["out_msgs"]}
 
 
 def cpu_seconds(pid: int) -> float:

@@ -23,6 +23,7 @@ from common import (
     fake_stats,
     machine,
     moment,
+    nats_message_counts,
     percentiles,
     planned_calls,
     publish_experiment,
@@ -59,6 +60,7 @@ def main() -> None:
         pids = stack_pids(stack)
         tracker = tracker_for(stack)
         cpu_before, driver_before = cpu_snapshot(pids), driver_cpu_seconds()
+        messages_before = nats_message_counts(stack)
         profiler = None
         if args.profile:
             raw = RESULTS / f"profile-{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
@@ -68,6 +70,7 @@ def main() -> None:
         finished = wait_finished(tracker, experiment_id, stack, timeout_s=1800, poll_s=0.25)
         recorded_at = time.time()
         cpu_after, driver_after = cpu_snapshot(pids), driver_cpu_seconds()
+        messages_after = nats_message_counts(stack)
         if profiler:
             stop_py_spy(profiler)
         fake = fake_stats(stack)
@@ -99,6 +102,8 @@ def main() -> None:
         "cpu_s": {name: round(cpu_after[name] - cpu_before[name], 2) for name in pids},
         "cpu_ms_per_call": {name: round(1000 * (cpu_after[name] - cpu_before[name]) / calls, 2) for name in pids},
         "driver_cpu_s": round(driver_after - driver_before, 2),
+        "nats_messages_per_call": {direction: round((messages_after[direction] - messages_before[direction]) / calls, 1)
+                                   for direction in messages_before},
     }
     if args.profile:
         result["profile"] = {"service": args.profile, "raw": str(raw.relative_to(RESULTS.parent.parent)),
@@ -114,6 +119,8 @@ def main() -> None:
         ("publish -> score p50 / p95",
          f"{result['latency_publish_to_score'].get('p50_s')} / {result['latency_publish_to_score'].get('p95_s')} s"),
         *((f"CPU ms per call: {name}", f"{value:.2f}") for name, value in result["cpu_ms_per_call"].items()),
+        ("NATS messages per call, into / out of the server",
+         "{in_msgs} / {out_msgs}".format(**result["nats_messages_per_call"])),
     ]
     if args.profile:
         rows += [(f"profile {args.profile} (self, by library)", ", ".join(f"{n} {p}%" for n, p in

@@ -15,7 +15,7 @@ IDLE_LEAVES = {("Condition.wait", "threading"), ("EpollSelector.select", "select
 def start_py_spy(pid: int, out: Path, seconds: int) -> subprocess.Popen:
     """Raw (collapsed) stacks, one line per distinct stack with its sample count."""
     return subprocess.Popen(
-        ["py-spy", "record", "--format", "raw", "-o", str(out), "-p", str(pid), "-d", str(seconds)],
+        ["py-spy", "record", "--gil", "--format", "raw", "-o", str(out), "-p", str(pid), "-d", str(seconds)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
 
