@@ -152,7 +152,7 @@ def _csv_problems(layout: Layout, rows_by_stage) -> list[Problem]:
             if current_line is None:
                 problems.append(Problem("missing_csv_line", str(path), where, REBUILD))
                 continue
-            differences = _differences(current_line, csv_line(row, CSV_COLUMNS[stage]))
+            differences = _differences(current_line, csv_line(row.model_dump(), CSV_COLUMNS[stage]))
             if differences:
                 problems.append(Problem("stale_csv_line", str(path), f"{where}: {differences}", REBUILD))
     return problems

@@ -19,15 +19,15 @@ with any other header is never appended to: the tracker refuses to start on it, 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, update
-from sqlmodel import Session, SQLModel, col, select
+from sqlalchemy import Connection, Engine, bindparam, update
+from sqlmodel import col, select
 
 from services.tracker.artifacts import (
     CsvHeaderMismatch,
@@ -75,7 +75,7 @@ RESULT_TABLES: StageRegistry[type[GenerationResult] | type[EvaluationResult]] = 
 IS_COMPLETE: StageRegistry[Callable[[Any], bool]] = StageRegistry(
     "completeness rule",
     generation=lambda row: True,
-    evaluation=lambda row: bool(row.has_response and row.has_score and row.generation_model is not None),
+    evaluation=lambda row: bool(row["has_response"] and row["has_score"] and row["generation_model"] is not None),
 )
 """Whether a row has a CSV line; `PENDING_CONDITIONS` asks the same in SQL."""
 PENDING_CONDITIONS = StageRegistry(
@@ -122,28 +122,28 @@ def csv_header_problem(path: Path, stage: str) -> CsvHeaderProblem | None:
     )
 
 
-def csv_line(row: SQLModel, columns: tuple[str, ...]) -> dict[str, Any]:
-    values = {column: getattr(row, column) for column in columns}
+def csv_line(row: Mapping[Any, Any], columns: tuple[str, ...]) -> dict[str, Any]:
+    """A result row's values (by column name) as its CSV line."""
+    values = {column: row[column] for column in columns}
     return {column: value.isoformat() if isinstance(value, datetime) else value for column, value in values.items()}
 
 
-def complete_line(stage: str, row: GenerationResult | EvaluationResult | None) -> dict[str, Any] | None:
+def complete_line(stage: str, row: Mapping[Any, Any] | None) -> dict[str, Any] | None:
     """The row's CSV line as it stands, or None while it is not complete: taken before an update."""
     return csv_line(row, CSV_COLUMNS[stage]) if row is not None and IS_COMPLETE[stage](row) else None
 
 
-def revise(stage: str, row: GenerationResult | EvaluationResult, before: dict[str, Any] | None) -> None:
+def revise(stage: str, row: dict[str, Any], before: dict[str, Any] | None) -> None:
     """After an update: a complete row whose line differs from its last complete state's takes
     the next revision, whose line the CSV is then owed."""
     if IS_COMPLETE[stage](row) and csv_line(row, CSV_COLUMNS[stage]) != before:
-        row.revision += 1
-        row.csv_appended = False
+        row["revision"] += 1
+        row["csv_appended"] = False
 
 
-def owed_csv_lines(stage: str, rows: list[GenerationResult] | list[EvaluationResult]) -> list[dict[str, Any]]:
-    """The lines of those rows that are complete and not yet appended; taken before the commit
-    expires the rows' attributes."""
-    return [csv_line(row, CSV_COLUMNS[stage]) for row in rows if not row.csv_appended and IS_COMPLETE[stage](row)]
+def owed_csv_lines(stage: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lines of those rows that are complete and not yet appended, as they stand now."""
+    return [csv_line(row, CSV_COLUMNS[stage]) for row in rows if not row["csv_appended"] and IS_COMPLETE[stage](row)]
 
 
 def pending_csv_rows(stage: str):
@@ -217,22 +217,20 @@ class CsvLog:
                 (line["experiment_id"], line["task_id"], line["revision"])
                 for line in read_csv_rows(self.layout.cross_experiment_csv(stage))
             }
-            with Session(self.engine) as session:
-                pending = session.exec(pending_csv_rows(stage)).all()
-                experiment_ids = sorted({row.experiment_id for row in pending})
-                for row in pending:
-                    if (row.experiment_id, row.task_id, str(row.revision)) in written:
-                        row.csv_appended = True
-                        session.add(row)
-                session.commit()
+            with self.engine.begin() as connection:
+                pending = connection.execute(pending_csv_rows(stage)).mappings().all()
+                experiment_ids = sorted({row["experiment_id"] for row in pending})
+                _flag(connection, stage, [
+                    row for row in pending if (row["experiment_id"], row["task_id"], str(row["revision"])) in written
+                ])
             for experiment_id in experiment_ids:
                 self._append_pending(stage, experiment_id)
 
     def _append_pending(self, stage: str, experiment_id: str) -> None:
-        with Session(self.engine) as session:
-            pending = session.exec(
+        with self.engine.begin() as connection:
+            pending = connection.execute(
                 pending_csv_rows(stage).where(RESULT_TABLES[stage].experiment_id == experiment_id)
-            ).all()
+            ).mappings().all()
             if not pending:
                 return
             append_csv_rows(
@@ -240,10 +238,7 @@ class CsvLog:
                 CSV_COLUMNS[stage],
                 [csv_line(row, CSV_COLUMNS[stage]) for row in pending],
             )
-            for row in pending:
-                row.csv_appended = True
-                session.add(row)
-            session.commit()
+            _flag(connection, stage, pending)
 
     def append(self, stage: str, lines: list[dict[str, Any]]) -> None:
         """Called after a commit with the lines it owes. The flags are set after the append, so a
@@ -252,8 +247,14 @@ class CsvLog:
             return
         append_csv_rows(self.layout.cross_experiment_csv(stage), CSV_COLUMNS[stage], lines)
         with self.engine.begin() as connection:
-            connection.execute(
-                _flag_appended(RESULT_TABLES[stage]),
-                [{"line_experiment_id": line["experiment_id"], "line_task_id": line["task_id"],
-                  "line_revision": line["revision"]} for line in lines],
-            )
+            _flag(connection, stage, lines)
+
+
+def _flag(connection: Connection, stage: str, lines: Sequence[Mapping[Any, Any]]) -> None:
+    """Marks the revisions of these lines (or rows) as in the CSV."""
+    if lines:
+        connection.execute(
+            _flag_appended(RESULT_TABLES[stage]),
+            [{"line_experiment_id": line["experiment_id"], "line_task_id": line["task_id"],
+              "line_revision": line["revision"]} for line in lines],
+        )

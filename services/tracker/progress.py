@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, bindparam, case, func
@@ -56,18 +58,14 @@ class Progress(BaseModel):
     finished_at: datetime | None = None
 
 
-def refresh_finished(session: Session, experiment: Experiment) -> None:
-    """Keeps `finished_at` current inside the batch's own transaction, once per experiment the
-    batch touched. The full progress runs only when the experiment may have finished or had been
-    marked finished: run after every event, it alone cost a quarter of the tracker's time
-    (bench/README.md)."""
-    session.flush()
-    if experiment.finished_at is None and not _may_be_finished(session, experiment):
-        return
-    finished_at = progress(session, experiment.experiment_id).finished_at
-    if experiment.finished_at != finished_at:
-        experiment.finished_at = finished_at
-        session.add(experiment)
+def current_finished_at(session: Session, experiment: Mapping[str, Any]) -> datetime | None:
+    """What the experiment row's `finished_at` should say, from the rows written so far in the
+    batch's own transaction: asked once per experiment the batch touched. The full progress runs
+    only when the experiment may have finished or had been marked finished: run after every event,
+    it alone cost a quarter of the tracker's time (bench/README.md)."""
+    if experiment["finished_at"] is None and not _may_be_finished(session, experiment):
+        return None
+    return progress(session, experiment["experiment_id"]).finished_at
 
 
 
@@ -86,19 +84,19 @@ _SCORED_AND_FAILED = select(
 """Run after every batch; built once, as building it cost more than running it."""
 
 
-def _may_be_finished(session: Session, experiment: Experiment) -> bool:
+def _may_be_finished(session: Session, experiment: Mapping[str, Any]) -> bool:
     """False only when the experiment certainly is not finished: scores, plus every unresolved
     failure (a skipped evaluation among them) counted as if it skipped a whole generation's
     evaluations, still fall short of the planned evaluations. Two indexed counts, against the
     seven aggregate queries of `progress`, which decides whenever this says True."""
-    generations_planned = experiment.generation_tasks_planned
-    evaluations_planned = experiment.evaluation_tasks_planned
+    generations_planned = experiment["generation_tasks_planned"]
+    evaluations_planned = experiment["evaluation_tasks_planned"]
     if generations_planned is None or evaluations_planned is None:
         return False
     if not generations_planned or not evaluations_planned:
         return True
     evaluations_per_generation = evaluations_planned // generations_planned
-    scored, failures = session.exec(_SCORED_AND_FAILED, params={"experiment_id": experiment.experiment_id}).one()
+    scored, failures = session.exec(_SCORED_AND_FAILED, params={"experiment_id": experiment["experiment_id"]}).one()
     return scored + failures * max(evaluations_per_generation, 1) >= evaluations_planned
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from services.tracker.artifacts import write_event_file, write_failure_file, write_result_files, write_score_file
 from services.tracker.db import init_db
-from services.tracker.rows import Rows, rows_looked_up
+from services.tracker.rows import Rows
 from services.tracker.views import Views
 from shared.events import (
     EvaluationDone,
@@ -54,7 +54,7 @@ class Tracker(Views):
         CSV lines appended at once after it; an error rolls the whole batch back (see
         `Rows.batch`), and each event's store is idempotent, so the batch can be redelivered."""
         with self.rows.batch():
-            self.rows.preload(key for event in events for key in rows_looked_up(event))
+            self.rows.preload(events)
             for event in events:
                 self.record(event)
 
