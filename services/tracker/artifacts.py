@@ -23,6 +23,7 @@ import ctypes
 import hashlib
 import json
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,12 +58,14 @@ def write_once(directory: Path, names: Sequence[str], content: str) -> Path:
     resort is a name derived from the content's hash, so no existing file is ever replaced."""
     suffix = _suffix(names[-1])
     last_resort = f"{names[-1].removesuffix(suffix)}.{content_digest(content)}{suffix}"
+    data = content.encode("utf-8")
     for name in [*names, last_resort]:
         path = directory / name
-        if not path.exists():
-            _write_unsynced(path, content)
+        existing = _read_or_none(path)
+        if existing is None:
+            _write_unsynced(path, data)
             return path
-        if path.read_text(encoding="utf-8") == content:
+        if existing == data:
             return path
     raise FileExistsError(f"{directory / last_resort} holds different content under its own content hash")
 
@@ -83,8 +86,42 @@ _UNSYNCED: list[Path] = []
 """Files written since the last `sync()`: the tracker is one writer per process."""
 
 
-def _write_unsynced(path: Path, content: str) -> None:
-    atomic_write_text(path, content, fsync=False)
+TEMPORARY_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
+"""In each temporary file's name: unique to this process, so opening it with O_EXCL cannot collide."""
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    """The file's bytes, None if there is no such file: one open where `exists` then a read took two."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write_unsynced(path: Path, content: bytes) -> None:
+    """Atomic (a temporary file renamed to the name) but durable only at the next `sync()`. Plain
+    os calls, the folder made only when the first open finds it missing: this ran for every
+    artifact, and `mkstemp`, `mkdir` and a buffered file object cost more than the write."""
+    temporary = path.parent / f".{path.name}.{TEMPORARY_TAG}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        handle = os.open(temporary, flags, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(temporary, flags, 0o600)
+    try:
+        with memoryview(content) as remaining:
+            while remaining:
+                remaining = remaining[os.write(handle, remaining):]
+        os.close(handle)
+        handle = -1
+        os.replace(temporary, path)
+    except BaseException:
+        if handle >= 0:
+            os.close(handle)
+        temporary.unlink(missing_ok=True)
+        raise
     _UNSYNCED.append(path)
 
 
@@ -236,11 +273,9 @@ def fitting_name(stem: str, suffix: str) -> str:
 def write_failure_file(layout: Layout, event: TaskFailed) -> Path:
     """The latest failure of a task is kept (a failure file is state, not a result)."""
     path = layout.failures_dir(event.experiment_id) / fitting_name(event.task_id, ".json")
-    if (
-        not path.exists()
-        or TaskFailed.model_validate_json(path.read_text(encoding="utf-8")).emitted_at < event.emitted_at
-    ):
-        _write_unsynced(path, to_json(event.model_dump(mode="json")))
+    kept = _read_or_none(path)
+    if kept is None or TaskFailed.model_validate_json(kept).emitted_at < event.emitted_at:
+        _write_unsynced(path, to_json(event.model_dump(mode="json")).encode("utf-8"))
     return path
 
 
