@@ -21,9 +21,11 @@ from services.tracker.rebuild import RebuildError
 from services.tracker.rebuild import rebuild as rebuild_from_artifacts
 from services.tracker.summaries import (
     NINE_POINT_SCALE,
+    Results,
     combo_concepts,
     generation_models,
     latest_experiment_id,
+    read_results,
     render_results_table,
     top_generations,
     write_results,
@@ -76,19 +78,20 @@ def results(
     """Write parsed scores, summaries, the score pivot and evaluator agreement; show the best."""
     data_dir, engine = open_database(data)
     chosen = None if all_ else experiment_or_exit(data_dir, engine, experiment_id)
-    files = write_results(engine, data_dir, chosen)
+    tables = read_results(engine, chosen)
+    files = write_results(tables, data_dir)
     if as_json:
         typer.echo(json.dumps({"experiment_id": chosen, "files": [str(path) for path in files],
-                               "top": top_generations_json(engine, chosen, top)}, indent=2))
+                               "top": top_generations_json(engine, tables, top)}, indent=2))
         return
     for path in files:
         console.print(f"wrote {path}")
-    console.print(render_results_table(engine, chosen, limit=top))
+    console.print(render_results_table(engine, tables, limit=top))
 
 
-def top_generations_json(engine: Engine, experiment_id: str | None, limit: int) -> list[dict]:
+def top_generations_json(engine: Engine, results: Results, limit: int) -> list[dict]:
     """What the results table shows, with raw numbers."""
-    best = top_generations(engine, experiment_id, limit)
+    best = top_generations(results, limit)
     concepts = combo_concepts(engine, (g.combo_id for g in best))
     models = generation_models(engine, best)
     return [
