@@ -20,11 +20,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from common import machine, report
-from sqlalchemy import insert
+from sqlalchemy import Engine, insert
 
 from services.tracker.db import make_engine
 from services.tracker.recorder import Tracker
-from services.tracker.summaries import render_results_table, write_results
+from services.tracker.summaries import read_results, render_results_table, write_results
 from services.tracker.tables import EvaluationResult, Experiment, GenerationResult, LlmCall
 
 EXPERIMENT = "readside"
@@ -80,6 +80,13 @@ def cli_seconds(data: Path, *command: str) -> float:
     return round(time.perf_counter() - started, 2)
 
 
+def write_and_render(engine: Engine, data: Path) -> None:
+    """What `daydream results` does: the tables written, the top generations rendered."""
+    results = read_results(engine, EXPERIMENT)
+    write_results(results, data)
+    render_results_table(engine, results)
+
+
 def in_process_seconds(data: Path) -> dict[str, float]:
     """Wall and CPU seconds of the queries and summaries alone; on a shared machine the CPU figure
     is the one to compare."""
@@ -87,8 +94,7 @@ def in_process_seconds(data: Path) -> dict[str, float]:
     tracker = Tracker(data, engine)
     figures = {}
     for name, work in (("status", lambda: tracker.progress(EXPERIMENT)),
-                       ("results", lambda: (write_results(engine, data, EXPERIMENT),
-                                            render_results_table(engine, EXPERIMENT)))):
+                       ("results", lambda: write_and_render(engine, data))):
         started, cpu_started = time.perf_counter(), time.process_time()
         work()
         figures[f"{name}_s"] = round(time.perf_counter() - started, 3)

@@ -1,4 +1,4 @@
-"""Commands that read and repair the tracker's state: results, status, rebuild, check."""
+"""Commands that read the tracker's state: results and status."""
 
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ from sqlalchemy import Engine
 
 from daydream import options
 from daydream.stack import StackState, stack_running, usable_stack
-from services.tracker.check import check as find_problems
 from services.tracker.db import OutdatedSchema, engine_for, init_db
 from services.tracker.progress import Progress
-from services.tracker.rebuild import RebuildError
-from services.tracker.rebuild import rebuild as rebuild_from_artifacts
 from services.tracker.summaries import (
     NINE_POINT_SCALE,
+    Results,
     combo_concepts,
     generation_models,
     latest_experiment_id,
+    read_results,
     render_results_table,
     top_generations,
     write_results,
@@ -76,19 +75,20 @@ def results(
     """Write parsed scores, summaries, the score pivot and evaluator agreement; show the best."""
     data_dir, engine = open_database(data)
     chosen = None if all_ else experiment_or_exit(data_dir, engine, experiment_id)
-    files = write_results(engine, data_dir, chosen)
+    tables = read_results(engine, chosen)
+    files = write_results(tables, data_dir)
     if as_json:
         typer.echo(json.dumps({"experiment_id": chosen, "files": [str(path) for path in files],
-                               "top": top_generations_json(engine, chosen, top)}, indent=2))
+                               "top": top_generations_json(engine, tables, top)}, indent=2))
         return
     for path in files:
         console.print(f"wrote {path}")
-    console.print(render_results_table(engine, chosen, limit=top))
+    console.print(render_results_table(engine, tables, limit=top))
 
 
-def top_generations_json(engine: Engine, experiment_id: str | None, limit: int) -> list[dict]:
+def top_generations_json(engine: Engine, results: Results, limit: int) -> list[dict]:
     """What the results table shows, with raw numbers."""
-    best = top_generations(engine, experiment_id, limit)
+    best = top_generations(results, limit)
     concepts = combo_concepts(engine, (g.combo_id for g in best))
     models = generation_models(engine, best)
     return [
@@ -206,29 +206,3 @@ def render_tiers(tiers: list[TierState]) -> Table:
         table.add_row(tier.tier, f"{tier.effective_cap} / {tier.max_concurrent}",
                       f"{tier.requests_per_minute:g}" if tier.requests_per_minute else "no limit", state)
     return table
-
-
-def rebuild(data: Path = options.DATA) -> None:
-    """Recreate the database and the cross-experiment CSVs from the artifact files alone."""
-    try:
-        report = rebuild_from_artifacts(data, engine_for(data))
-    except RebuildError as error:
-        console.print(str(error), style="red", markup=False, soft_wrap=True)
-        raise typer.Exit(2) from error
-    console.print(
-        f"rebuilt from {len(report.sources)} files: {report.experiments} experiments, "
-        f"{report.generations} generations, {report.evaluations} evaluations, {report.scores} scores, "
-        f"{report.failures} failures, {report.combo_mappings} combo mapping rows"
-    )
-
-
-def check(data: Path = options.RECORDED_DATA) -> None:
-    """Find orphans, duplicates and missing files; exit 1 when anything needs fixing."""
-    data_dir, engine = open_database(data)
-    problems = find_problems(data_dir, engine)
-    for problem in problems:
-        console.print(str(problem), markup=False, soft_wrap=True)
-    if problems:
-        console.print(f"[red]{len(problems)} problem(s)[/red]")
-        raise typer.Exit(1)
-    console.print("[green]clean[/green]: database, artifacts and cross-experiment CSVs agree")

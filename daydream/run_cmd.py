@@ -39,7 +39,7 @@ from daydream.stack import (
 from services.tracker.db import init_db, make_engine
 from services.tracker.progress import PROGRESS_STAGES
 from services.tracker.progress import Progress as ExperimentProgress
-from services.tracker.summaries import render_results_table, write_results
+from services.tracker.summaries import read_results, render_results_table, write_results
 from services.tracker.views import Views
 from shared.estimate import Estimate
 from shared.events import TierSpec
@@ -158,8 +158,9 @@ def report(tracker: Views, engine, data: Path, progress: ExperimentProgress) -> 
     if progress.planning_error is not None:
         console.print(f"[red]experiment {experiment_id} could not be planned:[/] {progress.planning_error}")
         return 1
-    files = write_results(engine, data, experiment_id)
-    console.print(render_results_table(engine, experiment_id))
+    results = read_results(engine, experiment_id)
+    files = write_results(results, data)
+    console.print(render_results_table(engine, results))
     console.print(f"results: {', '.join(str(f) for f in files)}")
     console.print(f"artifacts: {data / '3_generation'}, {data / '4_evaluation'}; "
                   f"cross-experiment tables: {data / '7_cross_experiment'}")

@@ -14,7 +14,7 @@ from daydream.cli import app
 from services.tracker.artifacts import read_csv_rows
 from services.tracker.db import make_engine
 from services.tracker.recorder import Tracker
-from services.tracker.summaries import agreement_class, render_results_table
+from services.tracker.summaries import agreement_class, read_results, render_results_table
 from shared.events import EvaluationDone, EvaluationScored
 from tests.fakes import FakeExperiment, deliver
 
@@ -125,7 +125,7 @@ def test_judges_on_different_scales_are_summarised_per_rubric_never_averaged_tog
     ]
 
     console = Console(width=200, record=True)
-    console.print(render_results_table(tracker.engine, "exp1", limit=2))
+    console.print(render_results_table(tracker.engine, read_results(tracker.engine, "exp1"), limit=2))
     text = console.export_text()
     assert "90.00 / 100" in text and "9.00 / 9" in text
     tracker.engine.dispose()
@@ -134,7 +134,7 @@ def test_judges_on_different_scales_are_summarised_per_rubric_never_averaged_tog
 def test_the_results_table_ranks_generations_by_mean_score(finished) -> None:
     _, tracker = finished
     console = Console(width=200, record=True)
-    console.print(render_results_table(tracker.engine, "exp1", limit=2))
+    console.print(render_results_table(tracker.engine, read_results(tracker.engine, "exp1"), limit=2))
     text = console.export_text()
     assert text.index("c1, c3") < text.index("c1, c2")
     assert "9.00" in text and "7.50" in text and "5.50" not in text
