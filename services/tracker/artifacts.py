@@ -86,8 +86,10 @@ _UNSYNCED: list[Path] = []
 """Files written since the last `sync()`: the tracker is one writer per process."""
 
 
-TEMPORARY_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
-"""In each temporary file's name: unique to this process, so opening it with O_EXCL cannot collide."""
+TEMPORARY_TAG = secrets.token_hex(4)
+"""In each temporary file's name: drawn once per process (the tracker is one writer), eight
+characters as `shared.ids.LONGEST_NAME_EXTRA` budgets; O_EXCL turns a collision into an error,
+never a shared file."""
 
 
 def _read_or_none(path: Path) -> bytes | None:
