@@ -5,28 +5,52 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+TEMPORARY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+"""O_EXCL: a temporary name already taken is never shared, another is drawn."""
 
 
 def atomic_write_bytes(path: Path, content: bytes, *, fsync: bool = True) -> None:
     """Readers see the old file or the new one, never half of one; fsync so a crash after the
     rename cannot leave an empty file under the new name. `fsync=False` is for a caller that
-    makes many files durable at once (the tracker, once per batch)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    makes many files durable at once (the tracker, once per batch). Plain os calls: the tracker
+    writes several files per LLM call, and `mkstemp`, a `mkdir` per file and a buffered file
+    object cost more than the write."""
+    handle, temporary = _open_temporary(path)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-            if fsync:
-                stream.flush()
-                os.fsync(stream.fileno())
+        with memoryview(content) as remaining:
+            while remaining:
+                remaining = remaining[os.write(handle, remaining):]
+        if fsync:
+            os.fsync(handle)
+        os.close(handle)
+        handle = -1
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if handle >= 0:
+            os.close(handle)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _open_temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside `path`, readable by its owner only (as `mkstemp` made it), named
+    `.<name>.<8 random hex>.tmp` as `shared.ids.LONGEST_NAME_EXTRA` budgets; the folder is made
+    only when the open finds it missing."""
+    while True:
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            try:
+                return os.open(temporary, TEMPORARY_FLAGS, 0o600), temporary
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return os.open(temporary, TEMPORARY_FLAGS, 0o600), temporary
+        except FileExistsError:
+            continue
 
 
 def atomic_write_text(path: Path, content: str, *, fsync: bool = True) -> None:

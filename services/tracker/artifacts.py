@@ -23,7 +23,6 @@ import ctypes
 import hashlib
 import json
 import os
-import secrets
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 
 from services.tracker.stages import StageRegistry
 from shared.events import TASK_CREATED, CallRecord, EvaluationScored, TaskCreated, TaskFailed
-from shared.files import atomic_write_text, csv_text
+from shared.files import atomic_write_bytes, atomic_write_text, csv_text
 
 GENERATION_DIR = "3_generation"
 EVALUATION_DIR = "4_evaluation"
@@ -86,12 +85,6 @@ _UNSYNCED: list[Path] = []
 """Files written since the last `sync()`: the tracker is one writer per process."""
 
 
-TEMPORARY_TAG = secrets.token_hex(4)
-"""In each temporary file's name: drawn once per process (the tracker is one writer), eight
-characters as `shared.ids.LONGEST_NAME_EXTRA` budgets; O_EXCL turns a collision into an error,
-never a shared file."""
-
-
 def _read_or_none(path: Path) -> bytes | None:
     """The file's bytes, None if there is no such file: one open where `exists` then a read took two."""
     try:
@@ -102,28 +95,8 @@ def _read_or_none(path: Path) -> bytes | None:
 
 
 def _write_unsynced(path: Path, content: bytes) -> None:
-    """Atomic (a temporary file renamed to the name) but durable only at the next `sync()`. Plain
-    os calls, the folder made only when the first open finds it missing: this ran for every
-    artifact, and `mkstemp`, `mkdir` and a buffered file object cost more than the write."""
-    temporary = path.parent / f".{path.name}.{TEMPORARY_TAG}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        handle = os.open(temporary, flags, 0o600)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(temporary, flags, 0o600)
-    try:
-        with memoryview(content) as remaining:
-            while remaining:
-                remaining = remaining[os.write(handle, remaining):]
-        os.close(handle)
-        handle = -1
-        os.replace(temporary, path)
-    except BaseException:
-        if handle >= 0:
-            os.close(handle)
-        temporary.unlink(missing_ok=True)
-        raise
+    """Atomic, but durable only at the next `sync()`."""
+    atomic_write_bytes(path, content, fsync=False)
     _UNSYNCED.append(path)
 
 

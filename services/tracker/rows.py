@@ -25,6 +25,7 @@ from sqlmodel import Session, SQLModel
 from services.tracker.artifacts import Layout, ResultFiles
 from services.tracker.csv_log import CsvLog, complete_line, owed_csv_lines, revise
 from services.tracker.progress import current_finished_at
+from services.tracker.stages import RESULT_STAGES
 from services.tracker.tables import (
     CALL_USAGE_COLUMNS,
     ComboMapping,
@@ -113,7 +114,7 @@ class _Batch:
     awaiting_looked_up: set[tuple[str, str]] = field(default_factory=set)
     """(experiment_id, generation_task_id) whose evaluations awaiting the generation's model are kept."""
     experiments: set[str] = field(default_factory=set)
-    lines: dict[str, dict[tuple, Values]] = field(default_factory=lambda: {"generation": {}, "evaluation": {}})
+    lines: dict[str, dict[tuple, Values]] = field(default_factory=lambda: {stage: {} for stage in RESULT_STAGES})
     """By (experiment_id, task_id, revision): a row stored twice in one batch owes its line once."""
 
     def keep(self, model: type[SQLModel], row: Values, *, in_database: bool) -> Values:
